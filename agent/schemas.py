@@ -52,7 +52,16 @@ def schema_problems(name: str, value: Any) -> list[tuple[Path, str]]:
     """Every place where ``value`` breaks schema ``name``, as (path, message)."""
     found = []
     for error in validator(name).iter_errors(value):
-        found.append((tuple(error.absolute_path), describe(error)))
+        path = tuple(error.absolute_path)
+        if error.validator == "additionalProperties" and isinstance(
+            error.instance, dict
+        ):
+            known = _properties(error)
+            for key in sorted(set(error.instance) - known):
+                where = ".".join(str(p) for p in (*path, key))
+                found.append(((*path, key), f"{where}: unknown field {key!r}"))
+            continue
+        found.append((path, describe(error)))
     return sorted(found, key=lambda item: [str(part) for part in item[0]])
 
 
@@ -76,9 +85,6 @@ def describe(error: ValidationError) -> str:
         if "string" in names and not isinstance(error.instance, dict | list):
             message += "; quote this value so it is kept exactly as written"
         return message
-    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        extra = sorted(set(error.instance) - set(schema.get("properties", {})))
-        return f"{where}: unknown field(s) {', '.join(map(repr, extra))}"
     if error.validator == "pattern":
         wanted = str(schema.get("description", f"a match for {rule}"))
         wanted = wanted.rstrip(".")
@@ -86,6 +92,11 @@ def describe(error: ValidationError) -> str:
     if error.validator == "const":
         return f"{where}: expected {rule!r}, got {got}"
     return f"{where}: {error.message}"
+
+
+def _properties(error: ValidationError) -> set[str]:
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    return set(schema.get("properties", {}))
 
 
 def _shown(value: Any) -> str:

@@ -7,15 +7,25 @@ loopback Fulcio and Rekor) or forges a bundle, then asks sigstore's real
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
-import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from centops.tools.localsigstore import (
+    GITHUB_ISSUER,
+    VARIANTS,
+    LocalSigstore,
+    NotRunningError,
+    ServerProcess,
+    mint_identity_token,
+    rekor,
+)
+from centops.tools.localsigstore.material import PLACEHOLDER_URL, utc_now
+from sigstore._internal.merkle import verify_merkle_inclusion
 from sigstore.errors import Error as SigstoreError
 from sigstore.models import Bundle, ClientTrustConfig, TransparencyLogEntry, TrustedRoot
 from sigstore.oidc import IdentityToken
@@ -27,18 +37,9 @@ from sigstore.verify.policy import (
     OIDCIssuerV2,
     OIDCSourceRepositoryRef,
     OIDCSourceRepositoryURI,
+    VerificationPolicy,
 )
-
-from centops.tools.localsigstore import (
-    GITHUB_ISSUER,
-    VARIANTS,
-    LocalSigstore,
-    NotRunningError,
-    ServerProcess,
-    mint_identity_token,
-)
-from centops.tools.localsigstore import rekor
-from centops.tools.localsigstore.material import PLACEHOLDER_URL, utc_now
+from sigstore_models.rekor.v1 import TransparencyLogEntry as InnerEntry
 
 WORKFLOW_SAN = (
     "https://github.com/acme/centops-channel/.github/workflows/release.yml"
@@ -65,7 +66,9 @@ def sigstore_dir(tmp_path: Path) -> LocalSigstore:
 
 
 @pytest.fixture
-def local_sigstore(sigstore_dir: LocalSigstore, no_proxy: None) -> Iterator[LocalSigstore]:
+def local_sigstore(
+    sigstore_dir: LocalSigstore, no_proxy: None
+) -> Iterator[LocalSigstore]:
     """The local Sigstore with its services running in this process."""
     with sigstore_dir as running:
         yield running
@@ -78,8 +81,10 @@ def verifier(sigstore_dir: LocalSigstore) -> Verifier:
     return Verifier(trusted_root=root)
 
 
-def _verify(verifier: Verifier, data: bytes, bundle_json: str, policy: object) -> None:
-    verifier.verify_artifact(data, Bundle.from_json(bundle_json), policy)  # type: ignore[arg-type]
+def _verify(
+    verifier: Verifier, data: bytes, bundle_json: str, policy: VerificationPolicy
+) -> None:
+    verifier.verify_artifact(data, Bundle.from_json(bundle_json), policy)
 
 
 # --- accepted -------------------------------------------------------------
@@ -90,7 +95,12 @@ def test_workflow_signature_made_through_sigstore_client_is_accepted(
 ) -> None:
     bundle = local_sigstore.sign(ARTIFACT, san=WORKFLOW_SAN, issuer=GITHUB_ISSUER)
 
-    _verify(verifier, ARTIFACT, bundle, Identity(identity=WORKFLOW_SAN, issuer=GITHUB_ISSUER))
+    _verify(
+        verifier,
+        ARTIFACT,
+        bundle,
+        Identity(identity=WORKFLOW_SAN, issuer=GITHUB_ISSUER),
+    )
 
 
 def test_workflow_leaf_carries_github_claims_for_v2_policies(
@@ -114,7 +124,9 @@ def test_email_identity_signature_is_accepted(
 ) -> None:
     bundle = local_sigstore.sign(ARTIFACT, san=EMAIL_SAN, issuer=EMAIL_ISSUER)
 
-    _verify(verifier, ARTIFACT, bundle, Identity(identity=EMAIL_SAN, issuer=EMAIL_ISSUER))
+    _verify(
+        verifier, ARTIFACT, bundle, Identity(identity=EMAIL_SAN, issuer=EMAIL_ISSUER)
+    )
 
 
 def test_successive_entries_get_growing_log_and_all_verify(
@@ -158,7 +170,7 @@ def test_signature_by_another_identity_is_refused(
 ) -> None:
     bundle = local_sigstore.sign(ARTIFACT, san=WORKFLOW_SAN, issuer=GITHUB_ISSUER)
 
-    with pytest.raises(SigstoreError, match="does not match|do not match"):
+    with pytest.raises(SigstoreError, match=r"(does|do) not match"):
         _verify(verifier, ARTIFACT, bundle, Identity(identity=san, issuer=issuer))
 
 
@@ -203,7 +215,12 @@ def test_forged_control_bundle_is_accepted(
         ARTIFACT, san=WORKFLOW_SAN, issuer=GITHUB_ISSUER, variant="good"
     )
 
-    _verify(verifier, ARTIFACT, bundle, Identity(identity=WORKFLOW_SAN, issuer=GITHUB_ISSUER))
+    _verify(
+        verifier,
+        ARTIFACT,
+        bundle,
+        Identity(identity=WORKFLOW_SAN, issuer=GITHUB_ISSUER),
+    )
 
 
 @pytest.mark.parametrize(("variant", "reason"), sorted(FORGERY_REFUSALS.items()))
@@ -214,9 +231,12 @@ def test_forged_bundle_is_refused(
         ARTIFACT, san=WORKFLOW_SAN, issuer=GITHUB_ISSUER, variant=variant
     )
 
-    with pytest.raises(SigstoreError, match=reason):
+    with pytest.raises(SigstoreError, match=re.escape(reason)):
         _verify(
-            verifier, ARTIFACT, bundle, Identity(identity=WORKFLOW_SAN, issuer=GITHUB_ISSUER)
+            verifier,
+            ARTIFACT,
+            bundle,
+            Identity(identity=WORKFLOW_SAN, issuer=GITHUB_ISSUER),
         )
 
 
@@ -240,7 +260,9 @@ def test_bundle_from_another_local_sigstore_is_refused(
 
 def test_unknown_forgery_variant_is_an_error(sigstore_dir: LocalSigstore) -> None:
     with pytest.raises(ValueError, match="unknown variant"):
-        sigstore_dir.forge_bundle(ARTIFACT, san=EMAIL_SAN, issuer=EMAIL_ISSUER, variant="x")
+        sigstore_dir.forge_bundle(
+            ARTIFACT, san=EMAIL_SAN, issuer=EMAIL_ISSUER, variant="x"
+        )
 
 
 # --- trust files and tokens ------------------------------------------------
@@ -252,7 +274,9 @@ def test_trust_files_load_in_sigstore_and_start_in_the_past(
     root = json.loads(local_sigstore.trusted_root_path.read_text())
     config = ClientTrustConfig.from_json(local_sigstore.trust_config_path.read_text())
 
-    assert root["mediaType"] == "application/vnd.dev.sigstore.trustedroot+json;version=0.1"
+    assert (
+        root["mediaType"] == "application/vnd.dev.sigstore.trustedroot+json;version=0.1"
+    )
     assert root["tlogs"][0]["baseUrl"] == PLACEHOLDER_URL
     assert len(root["certificateAuthorities"][0]["certChain"]["certificates"]) == 2
     assert config.signing_config.get_fulcio().url == local_sigstore.url
@@ -264,7 +288,9 @@ def test_minted_token_is_accepted_by_sigstore_identity_token() -> None:
     token = mint_identity_token(
         issuer=GITHUB_ISSUER,
         subject="repo:acme/centops-channel:ref:refs/heads/main",
-        extra_claims={"job_workflow_ref": "acme/x/.github/workflows/a.yml@refs/heads/main"},
+        extra_claims={
+            "job_workflow_ref": "acme/x/.github/workflows/a.yml@refs/heads/main"
+        },
     )
 
     identity = IdentityToken(token)
@@ -350,11 +376,7 @@ def test_unknown_endpoint_is_not_found(local_sigstore: LocalSigstore) -> None:
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 7, 8, 9, 16, 17])
-def test_inclusion_proofs_verify_in_sigstore_for_every_index(
-    sigstore_dir: LocalSigstore, size: int
-) -> None:
-    from sigstore._internal.merkle import verify_merkle_inclusion
-
+def test_inclusion_proofs_verify_in_sigstore_for_every_index(size: int) -> None:
     bodies = [f"entry {n}".encode() for n in range(size)]
     leaves = [rekor.leaf_hash(body) for body in bodies]
     root = rekor.tree_hash(leaves)
@@ -371,10 +393,8 @@ def test_inclusion_proofs_verify_in_sigstore_for_every_index(
             promise=None,
         )
         document = rekor.bundle_tlog_entry(entry)
-        document["canonicalizedBody"] = base64.b64encode(body).decode()
-        from sigstore_models.rekor.v1 import TransparencyLogEntry as Inner
 
-        verify_merkle_inclusion(TransparencyLogEntry(Inner.from_dict(document)))
+        verify_merkle_inclusion(TransparencyLogEntry(InnerEntry.from_dict(document)))
 
 
 # --- as a subprocess --------------------------------------------------------
@@ -388,6 +408,10 @@ def test_serve_subprocess_signs_and_records_its_pid(
         assert sigstore_dir.pid_path.read_text().strip() == str(server.pid)
         bundle = sigstore_dir.sign(ARTIFACT, san=WORKFLOW_SAN, issuer=GITHUB_ISSUER)
 
-    _verify(verifier, ARTIFACT, bundle, Identity(identity=WORKFLOW_SAN, issuer=GITHUB_ISSUER))
+    _verify(
+        verifier,
+        ARTIFACT,
+        bundle,
+        Identity(identity=WORKFLOW_SAN, issuer=GITHUB_ISSUER),
+    )
     assert not sigstore_dir.pid_path.exists()
-    assert os.environ.get("NO_PROXY") == "127.0.0.1,localhost"

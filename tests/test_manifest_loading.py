@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from manifests_factory import DIGEST_A, DIGEST_B, design_note_manifest, manifest_with
 
 from centops.agent import yamlstrict
 from centops.agent.manifest import (
@@ -12,7 +13,6 @@ from centops.agent.manifest import (
     ScriptSource,
     parse_manifest,
 )
-from manifests_factory import DIGEST_A, DIGEST_B, design_note_manifest, manifest_with
 
 HEX = DIGEST_A
 
@@ -26,7 +26,10 @@ def refuse(text: str | bytes, **kwargs: bool) -> ManifestError:
 
 def test_design_note_manifest_loads_with_includes_alias() -> None:
     manifest = parse_manifest(design_note_manifest().encode(), source="m.yaml")
-    assert [c.name for c in manifest.components] == ["telemetry-agent", "pipeline-runner"]
+    assert [c.name for c in manifest.components] == [
+        "telemetry-agent",
+        "pipeline-runner",
+    ]
     first = manifest.components[0].source
     assert isinstance(first, ImageSource)
     assert first.reference == f"ghcr.io/org/centops-telemetry@sha256:{DIGEST_A}"
@@ -103,7 +106,9 @@ def test_version_is_kept_as_written(version_text: str, kept: str) -> None:
 def test_scalars_that_are_not_strings_are_refused_with_quote_hint(
     field_line: str, needle: str
 ) -> None:
-    text = manifest_with(f"  - component: a\n{field_line}\n    image: r/a@sha256:{HEX}\n")
+    text = manifest_with(
+        f"  - component: a\n{field_line}\n    image: r/a@sha256:{HEX}\n"
+    )
     error = refuse(text)
     assert needle in str(error)
     assert error.problems[0].line == 8
@@ -153,7 +158,9 @@ def test_malformed_yaml_is_refused_with_position(
         (b"a: " + b"x" * (yamlstrict.MAX_DOCUMENT_BYTES), "limit is"),
     ],
 )
-def test_bytes_that_are_not_a_utf8_document_are_refused(data: bytes, needle: str) -> None:
+def test_bytes_that_are_not_a_utf8_document_are_refused(
+    data: bytes, needle: str
+) -> None:
     assert needle in str(refuse(data))
 
 
@@ -202,7 +209,7 @@ def test_component_names_must_be_dns_labels(name: str, needle: str) -> None:
     [
         ("agent", "agent"),
         ("agent", "AGENT"),
-        ("agent", "ａｇｅｎｔ"),  # fullwidth letters: NFKC folds them to "agent"
+        ("agent", "\uff41\uff47\uff45\uff4e\uff54"),  # fullwidth: NFKC gives "agent"
         ("straße", "STRASSE"),  # case folding turns ß into ss
     ],
 )
@@ -308,7 +315,9 @@ def test_script_sources_are_checked(
 
 def test_all_digit_digest_is_kept_as_written_text() -> None:
     digits = "1" * 64  # plain digits: YAML 1.1 would read a number
-    text = manifest_with(IMAGE.format(source=f"    image: a:v1\n    sha256: {digits}\n"))
+    text = manifest_with(
+        IMAGE.format(source=f"    image: a:v1\n    sha256: {digits}\n")
+    )
     manifest = parse_manifest(text.encode(), source="m")
     assert manifest.components[0].digest == f"sha256:{digits}"
 
@@ -323,7 +332,8 @@ def test_loopback_http_needs_the_insecure_option() -> None:
 
 def component(name: str, deps: str = "") -> str:
     extra = f"    depends_on: {deps}\n" if deps else ""
-    return f"  - component: {name}\n    version: '1'\n    image: r/{name}@sha256:{HEX}\n{extra}"
+    image = f"    image: r/{name}@sha256:{HEX}\n"
+    return f"  - component: {name}\n    version: '1'\n{image}{extra}"
 
 
 @pytest.mark.parametrize(
@@ -333,11 +343,16 @@ def component(name: str, deps: str = "") -> str:
         (component("a", "[b]") + component("b"), "comes later"),
         (component("a", "[a]"), "depends on itself"),
         (component("a", "[b]") + component("b", "[a]"), "cycle a -> b -> a"),
-        (component("a", "[c]") + component("b", "[a]") + component("c", "[b]"), "cycle"),
+        (
+            component("a", "[c]") + component("b", "[a]") + component("c", "[b]"),
+            "cycle",
+        ),
         (component("a") + component("b", "[a, a]"), "non-unique"),
     ],
 )
-def test_dependencies_must_name_earlier_components(components: str, needle: str) -> None:
+def test_dependencies_must_name_earlier_components(
+    components: str, needle: str
+) -> None:
     assert needle in str(refuse(manifest_with(components)))
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from centops.agent.errors import CentOpsError, ConfigError, RemoteContentError
 
 EXIT_OK = 0

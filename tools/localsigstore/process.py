@@ -60,7 +60,8 @@ class ServerProcess:
 
     @staticmethod
     def _await_url(process: subprocess.Popen[bytes]) -> str:
-        assert process.stdout is not None  # noqa: S101 - set by stdout=PIPE
+        if process.stdout is None:
+            raise ServerStartError("server started without a stdout pipe")
         deadline = time.monotonic() + START_TIMEOUT_S
         with selectors.DefaultSelector() as selector:
             selector.register(process.stdout, selectors.EVENT_READ)

@@ -17,6 +17,7 @@ from .errors import StartError
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.1
+LOG_TAIL_BYTES = 600
 _PROXY_VARS = frozenset(
     {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy"}
 )
@@ -135,3 +136,15 @@ def stop_pid(pid: int, *, timeout_s: float, what: str) -> bool:
         os.killpg(pid, signal.SIGKILL)
     wait_exited(pid, timeout_s)
     return False
+
+
+def log_tail(path: Path, max_bytes: int = LOG_TAIL_BYTES) -> str:
+    """The last ``max_bytes`` of a daemon log as text, for error messages."""
+    try:
+        with path.open("rb") as log_file:
+            log_file.seek(0, os.SEEK_END)
+            size = log_file.tell()
+            log_file.seek(max(0, size - max_bytes))
+            return log_file.read(max_bytes).decode(errors="replace").strip()
+    except OSError as e:
+        return f"(no log: {e})"

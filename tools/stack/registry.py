@@ -133,9 +133,11 @@ def start_registry(workdir: Path) -> RegistryServer:
             continue
         log.info("registry at %s (PID %s)", server.url, server.pid)
         return server
+    log_path = workdir / "registry.log"
     raise StartError(
-        f"registry did not start after {START_ATTEMPTS} attempts: {last}",
-        hint=f"see {workdir / 'registry.log'}",
+        f"registry did not start after {START_ATTEMPTS} attempts: {last}; "
+        f"log ends: {_proc.log_tail(log_path)}",
+        hint=f"see {log_path}",
     ) from last
 
 
