@@ -8,11 +8,14 @@ where a missing stack is a failure: CI must prove the real path.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
+
 from centops.tools.stack import (
     AppKind,
     ImageConfig,
@@ -20,6 +23,7 @@ from centops.tools.stack import (
     PullError,
     Stack,
     StackError,
+    StartError,
     TamperProxy,
     Target,
     ToolchainError,
@@ -32,7 +36,9 @@ from centops.tools.stack import (
     remove_container,
     repo_digests,
     run_detached,
+    start_dockerd,
     start_stack,
+    stop_dockerd,
     stop_stack,
     wait_for_health,
 )
@@ -268,3 +274,29 @@ def test_missing_daemon_binaries_are_reported_with_an_install_hint(
         start_stack(tmp_path / "stack")
 
     assert "install.sh" in caught.value.hint
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A work folder short enough that dockerd uses ``DIR/exec`` as exec root."""
+    path = Path(tempfile.mkdtemp(prefix="cx-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_engine_that_cannot_listen_fails_fast_and_leaves_no_mount(
+    short_dir: Path,
+) -> None:
+    if shutil.which("dockerd") is None:
+        _unavailable("dockerd", ToolchainError("dockerd not found on PATH"))
+    # A folder where the API socket should go makes dockerd exit at start,
+    # after it has bind-mounted its data root.
+    (short_dir / "exec" / "docker.sock").mkdir(parents=True)
+
+    with pytest.raises(StartError, match="exited before it was ready"):
+        daemon = start_dockerd(short_dir)
+        stop_dockerd(daemon)  # only reached if the set-up did not work
+
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(short_dir.resolve()) not in mounts
