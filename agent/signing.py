@@ -36,19 +36,38 @@ MAX_TRUSTED_ROOT_BYTES = 1024 * 1024
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
 
 # Sigstore's messages are not an API; these map the failure steps they name to
-# our stable codes. Anything unmatched is plain "signature-invalid".
+# our stable codes. Only the first line of a message is searched, the first
+# match wins, and the order matters: step prefixes that embed other text (log
+# entry errors quote hashes, chain errors quote certificates) come before the
+# short needles that text could contain. Anything unmatched is plain
+# "signature-invalid"; tests/test_signing.py pins each forged-bundle variant to
+# its code, so a sigstore upgrade that rewords a message shows up there.
 _FAILURE_CODES = (
-    ("verified time", "signature-no-trusted-time"),
-    ("SCT", "signature-sct-invalid"),
+    # Step 0: no verified time (no inclusion promise and no timestamp).
+    ("not enough sources of verified time", "signature-no-trusted-time"),
+    ("inclusion promise or signed timestamp", "signature-no-trusted-time"),
+    # Steps 4-5: inclusion proof, checkpoint or inclusion promise (SET); and
+    # a bundle without exactly one log entry to check them on.
     ("invalid log entry", "signature-tlog-invalid"),
     ("checkpoint", "signature-tlog-invalid"),
-    ("inclusion", "signature-tlog-invalid"),
+    ("exactly one log entry", "signature-tlog-invalid"),
+    # Step 2: the certificate's embedded SCT.
+    ("failed to verify SCT", "signature-sct-invalid"),
+    # Steps 1 and 6: the leaf was not valid at the logged time.
+    ("not valid at validation time", "signature-certificate-expired"),
+    ("expired at time of signing", "signature-certificate-expired"),
+    # Step 1: the leaf does not chain to a CA in the trusted root.
+    ("certificate chain", "signature-untrusted-certificate"),
+    # Step 7: the signature is not over these bytes.
     ("digest mismatch", "signature-artifact-mismatch"),
     ("Signature is invalid for input", "signature-artifact-mismatch"),
+    # Step 8: the log entry is for other materials (CVE-2022-36056 variants).
+    ("inconsistent with other materials", "signature-tlog-mismatch"),
     ("hashedrekord", "signature-tlog-mismatch"),
-    ("chain", "signature-untrusted-certificate"),
-    ("expired at time of signing", "signature-certificate-expired"),
 )
+# Bundle.from_json's wrapper around a JSON or schema failure; the text after it
+# quotes the input, so it is never searched for the needles above.
+_LOAD_FAILURE_PREFIX = "failed to load bundle"
 
 
 @dataclass(frozen=True)
@@ -129,6 +148,18 @@ def verify_manifest_signature(
     try:
         parsed = Bundle.from_json(bundle)
     except Exception as exc:  # any parse failure is a refusal
+        # Bundle.from_json also runs structural checks (no checkpoint, no time
+        # source); those name a specific fault rather than bad JSON.
+        code = None
+        if not _first_line(exc).startswith(_LOAD_FAILURE_PREFIX):
+            code = _failure_code(exc)
+        if code is not None:
+            raise SignatureError(
+                f"signature bundle is incomplete: {_short(exc)}",
+                reason=code,
+                hint="re-sign the manifest; a complete bundle carries a log entry "
+                "with its checkpoint and inclusion promise",
+            ) from exc
         raise SignatureError(
             f"signature bundle is malformed: {_short(exc)}",
             reason="signature-bundle-malformed",
@@ -169,18 +200,27 @@ def _classified(
             reason="signature-identity-mismatch",
             hint="only the pinned signing workflow on main may sign manifests",
         )
-    text = str(exc)
-    code = next((c for needle, c in _FAILURE_CODES if needle in text), None)
     return SignatureError(
         f"signature verification failed: {_short(exc)}",
-        reason=code or "signature-invalid",
+        reason=_failure_code(exc) or "signature-invalid",
         hint="the manifest or its bundle was altered, or signed outside the "
         "pinned trust root; do not install it",
     )
 
 
+def _failure_code(exc: BaseException) -> str | None:
+    """Our reason code for the sigstore failure step ``exc`` names, if known."""
+    text = _first_line(exc)
+    return next((code for needle, code in _FAILURE_CODES if needle in text), None)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = _first_line(exc)
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 

@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Installers: one per component kind, behind the :class:`Installer` protocol."""

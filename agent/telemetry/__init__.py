@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Telemetry: CloudEvents written to a durable outbox, delivered by sinks."""
