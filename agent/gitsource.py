@@ -23,7 +23,6 @@ make it write.
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import resource
@@ -35,7 +34,6 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError, RemoteContentError, TransportError
 
-MAX_LS_REFS_BYTES = 64 * 1024
 MAX_FETCH_FILE_BYTES = 256 * 1024 * 1024
 MAX_BLOB_BYTES = 1024 * 1024
 ANCESTRY_PROBE_DEPTH = 64
@@ -55,10 +53,9 @@ class Credentials:
         return f"Credentials(username={self.username!r}, scheme={self.scheme!r})"
 
     def header(self) -> str:
-        if self.scheme == "bearer":
-            return f"Bearer {self.token}"
-        pair = f"{self.username}:{self.token}".encode()
-        return "Basic " + base64.b64encode(pair).decode("ascii")
+        from .lsrefs import auth_header
+
+        return auth_header(self.token, username=self.username, scheme=self.scheme)
 
 
 def git_environment(
@@ -204,11 +201,6 @@ def remote_tip(
     return None
 
 
-def _pkt(line: str) -> bytes:
-    data = line.encode()
-    return f"{len(data) + 4:04x}".encode() + data
-
-
 def _ls_refs_http(
     url: str,
     branch: str,
@@ -216,91 +208,31 @@ def _ls_refs_http(
     timeout: float,
     ca_bundle: Path | None,
 ) -> str | None:
-    import http.client
+    from .lsrefs import LsRefsError, branch_tip
 
-    parts = urlsplit(url)
-    path = parts.path.rstrip("/") + "/git-upload-pack"
-    body = (
-        _pkt("command=ls-refs\n")
-        + b"0001"
-        + _pkt(f"ref-prefix refs/heads/{branch}\n")
-        + b"0000"
-    )
-    headers = {
-        "Content-Type": "application/x-git-upload-pack-request",
-        "Accept": "application/x-git-upload-pack-result",
-        "Git-Protocol": "version=2",
-        "User-Agent": "git/centops-agent",
-    }
-    if credentials is not None:
-        headers["Authorization"] = credentials.header()
-    host = parts.hostname or ""
     try:
-        if parts.scheme == "https":
-            import ssl
-
-            context = ssl.create_default_context(
-                cafile=str(ca_bundle) if ca_bundle else None
-            )
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                host, parts.port, timeout=timeout, context=context
-            )
-        else:
-            conn = http.client.HTTPConnection(host, parts.port, timeout=timeout)
-        try:
-            conn.request("POST", path, body=body, headers=headers)
-            response = conn.getresponse()
-            payload = response.read(MAX_LS_REFS_BYTES + 1)
-            status = response.status
-        finally:
-            conn.close()
-    except (OSError, http.client.HTTPException) as exc:
+        return branch_tip(
+            url,
+            branch,
+            authorization=credentials.header() if credentials else None,
+            timeout=timeout,
+            ca_bundle=str(ca_bundle) if ca_bundle else None,
+        )
+    except LsRefsError as exc:
+        where = redact_url(url)
+        if exc.kind == "auth":
+            raise TransportError(
+                f"{where}: {exc}",
+                reason="git-auth-rejected",
+                hint="check the token source in the agent configuration",
+            ) from exc
+        if exc.kind in ("too-large", "protocol"):
+            raise RemoteContentError(f"{where}: {exc}", reason="git-protocol") from exc
         raise TransportError(
-            f"cannot reach {redact_url(url)}: {type(exc).__name__}: {exc}",
+            f"cannot reach {where}: {exc}",
             reason="git-unreachable",
             hint="the agent keeps what is installed and retries on the next poll",
         ) from exc
-    if status in (401, 403):
-        raise TransportError(
-            f"{redact_url(url)} rejected the credentials (HTTP {status})",
-            reason="git-auth-rejected",
-            hint="check the token source in the agent configuration",
-        )
-    if status != 200:
-        raise TransportError(
-            f"{redact_url(url)} answered HTTP {status} to ls-refs",
-            reason="git-unreachable",
-        )
-    if len(payload) > MAX_LS_REFS_BYTES:
-        raise RemoteContentError(
-            f"ls-refs answer from {redact_url(url)} exceeds {MAX_LS_REFS_BYTES} bytes",
-            reason="git-answer-too-large",
-        )
-    return _tip_from_pkt_lines(payload, f"refs/heads/{branch}")
-
-
-def _tip_from_pkt_lines(payload: bytes, ref: str) -> str | None:
-    offset = 0
-    while offset + 4 <= len(payload):
-        try:
-            size = int(payload[offset : offset + 4], 16)
-        except ValueError as exc:
-            raise RemoteContentError(
-                "malformed ls-refs answer", reason="git-protocol"
-            ) from exc
-        if size < 4:  # flush (0000) or delimiter packets end the list
-            if size == 0:
-                break
-            offset += 4
-            continue
-        line = payload[offset + 4 : offset + size].decode("utf-8", "replace").strip()
-        offset += size
-        if line.startswith("ERR "):
-            raise TransportError(f"server error: {line[4:200]}", reason="git-protocol")
-        oid, _, rest = line.partition(" ")
-        if rest.split(" ", 1)[0] == ref and _OID.fullmatch(oid):
-            return oid
-    return None
 
 
 # -- fetching and reading ------------------------------------------------------

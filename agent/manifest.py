@@ -24,12 +24,14 @@ import ipaddress
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 from . import schemas, yamlstrict
 from .errors import RemoteContentError
+from .timeutil import TIMESTAMP as _TIMESTAMP
+from .timeutil import format_timestamp, parse_timestamp
 from .yamlstrict import Document, Path, Position
 
 MANIFEST_FILENAME = "manifest.yaml"
@@ -47,9 +49,6 @@ _IMAGE = re.compile(
     r"(?:@(?P<digest>[^@]+))?"
 )
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_TIMESTAMP = re.compile(
-    r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(?:Z|\+00:00)"
-)
 
 
 # -- the model ---------------------------------------------------------------
@@ -513,21 +512,6 @@ def _timestamp(value: dict[str, Any], key: str, problems: _Problems) -> datetime
         if _TIMESTAMP.fullmatch(text):  # well shaped, but no such moment
             problems.add((key,), f"{key}: {text!r} is not a real date and time")
         return None
-
-
-def parse_timestamp(text: str) -> datetime:
-    """Parse an RFC 3339 UTC timestamp (``Z`` or ``+00:00``); ValueError if not."""
-    match = _TIMESTAMP.fullmatch(text)
-    if match is None:
-        raise ValueError(text)
-    base = datetime.strptime(match[1], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
-    fraction = (match[2] or "0")[:6].ljust(6, "0")
-    return base + timedelta(microseconds=int(fraction))
-
-
-def format_timestamp(moment: datetime) -> str:
-    """The RFC 3339 UTC text for ``moment``, to the second."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # -- time rules shared by CI and agents ----------------------------------------

@@ -195,17 +195,23 @@ def verify(
     """  # noqa: E501
     from centops.agent.manifest import BUNDLE_SUFFIX
     from centops.agent.signing import MAX_BUNDLE_BYTES, verify_manifest_signature
+    from centops.agent.yamlstrict import MAX_DOCUMENT_BYTES
 
     bundle = bundle or manifest.with_name(manifest.name + BUNDLE_SUFFIX)
     try:
         if trusted_root is None:
             raise ConfigError("--trusted-root is required", reason="usage")
         policy = _policy(identity, issuer, repository, ref)
-        data = _read(manifest, 1024 * 1024)
-        try:
-            bundle_bytes: bytes | None = _read(bundle, MAX_BUNDLE_BYTES + 1)
-        except ConfigError:
-            bundle_bytes = None
+        data = _read(manifest, MAX_DOCUMENT_BYTES + 1)
+        # Verifying a prefix would vouch for bytes nobody checked.
+        if len(data) > MAX_DOCUMENT_BYTES:
+            raise RemoteContentError(
+                f"{manifest} is larger than {MAX_DOCUMENT_BYTES} bytes",
+                reason="manifest-too-large",
+            )
+        bundle_bytes: bytes | None = None
+        if bundle.exists():  # absent: the core reports signature-missing
+            bundle_bytes = _read(bundle, MAX_BUNDLE_BYTES + 1)
         result = verify_manifest_signature(
             trusted_root=trusted_root,
             policy=policy,  # type: ignore[arg-type]
@@ -219,6 +225,8 @@ def verify(
                     {"verified": False, "reason": exc.reason, "message": exc.message}
                 )
             )
+        else:
+            typer.echo(f"not verified {manifest} [{exc.reason}]")
         raise _fail(exc) from exc
     if as_json:
         typer.echo(

@@ -18,8 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+
 from centops.agent import yamlstrict
-from centops.agent.errors import ConfigError
+from centops.agent.errors import ConfigError, TransportError
 from centops.agent.fsutil import atomic_write
 from centops.agent.manifest import BUNDLE_SUFFIX, parse_manifest
 
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Signed:
+    """A manifest, its new bundle and the SAN its certificate carries."""
+
     manifest: Path
     bundle: Path
     identity: str
@@ -46,13 +50,21 @@ def sign_manifests(
 ) -> list[Signed]:
     """Sign each manifest, writing ``<manifest>.sigstore.json`` atomically.
 
-    Raises ConfigError when no identity is available or the trust config is
-    unusable, ManifestError when a manifest is malformed (nothing is signed).
+    Every manifest is read and parsed before anything is signed. Raises
+    ConfigError when a manifest is unreadable, no identity is available, the
+    token is unusable or the trust config is unusable; ManifestError when a
+    manifest is malformed (nothing is signed); TransportError when Fulcio or
+    Rekor fail (bundles written before the failure stay).
     """
     payloads = []
     for path in manifests:
-        with path.open("rb") as handle:
-            data = handle.read(yamlstrict.MAX_DOCUMENT_BYTES + 1)
+        try:
+            with path.open("rb") as handle:
+                data = handle.read(yamlstrict.MAX_DOCUMENT_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read {path}: {exc.strerror}", reason="usage"
+            ) from exc
         parse_manifest(data, source=str(path), allow_insecure_http=allow_insecure_http)
         payloads.append((path, data))
 
@@ -71,17 +83,60 @@ def sign_manifests(
             f"cannot use the Sigstore trust config {trust_config}: {exc}",
             reason="trust-config",
         ) from exc
-    token = IdentityToken(identity_token or _ambient_or_interactive(config))
-    context = SigningContext.from_trust_config(config)
+    raw_token = identity_token or _ambient_or_interactive(config)
+    try:
+        token = IdentityToken(raw_token)
+    except Exception as exc:
+        # sigstore's messages name the fault, never the token itself.
+        raise ConfigError(
+            f"the identity token is not usable: {exc}",
+            reason="identity-token-invalid",
+            hint="mint a fresh token for audience 'sigstore'; tokens expire quickly",
+        ) from exc
     signed = []
-    with context.signer(token, cache=True) as signer:
-        for path, data in payloads:
-            bundle = signer.sign_artifact(data)
-            target = bundle_path(path)
-            atomic_write(target, bundle.to_json().encode("utf-8"))
-            log.info("signed %s as %s", path, token.identity)
-            signed.append(Signed(path, target, str(token.identity)))
+    try:
+        context = SigningContext.from_trust_config(config)
+        with context.signer(token, cache=True) as signer:
+            for path, data in payloads:
+                bundle = signer.sign_artifact(data)
+                target = _write_bundle(path, bundle.to_json().encode("utf-8"))
+                identity = _certified_identity(bundle.signing_certificate)
+                log.info("signed %s as %s", path, identity)
+                signed.append(Signed(path, target, identity))
+    except ConfigError:
+        raise
+    except Exception as exc:  # Fulcio, Rekor or the HTTP client refused
+        done = ", ".join(str(item.manifest) for item in signed) or "none"
+        raise TransportError(
+            f"signing failed: {type(exc).__name__}: {exc}; already signed: {done}",
+            reason="signing-failed",
+            hint="check the trust config's Fulcio and Rekor URLs and retry",
+        ) from exc
     return signed
+
+
+def _certified_identity(cert: x509.Certificate) -> str:
+    """The SAN Fulcio certified: what verifiers pin with ``--identity``.
+
+    For GitHub Actions this is the workflow URI, not the token's ``sub``.
+    """
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    for kind in (x509.UniformResourceIdentifier, x509.RFC822Name):
+        values = sans.value.get_values_for_type(kind)
+        if values:
+            return str(values[0])
+    return "(no URI or email SAN)"
+
+
+def _write_bundle(manifest: Path, bundle: bytes) -> Path:
+    target = bundle_path(manifest)
+    try:
+        atomic_write(target, bundle)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {target}: {exc.strerror}", reason="usage"
+        ) from exc
+    return target
 
 
 def _ambient_or_interactive(config: object) -> str:

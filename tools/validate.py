@@ -269,7 +269,15 @@ def _signature(
     try:
         bundle: bytes | None = _read_capped(bundle_path, MAX_BUNDLE_BYTES)
     except FileNotFoundError:
-        bundle = None
+        bundle = None  # the core reports signature-missing
+    except OSError as exc:
+        return [
+            at.problem(
+                (),
+                f"cannot read {bundle_path.name}: {exc.strerror}",
+                "signature-bundle-unreadable",
+            )
+        ]
     try:
         verify_manifest_signature(
             trusted_root=requirement.trusted_root,

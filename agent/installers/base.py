@@ -13,10 +13,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..config import AgentConfig
-from ..manifest import Component
+if TYPE_CHECKING:  # kept off the no-op poll's imports
+    from ..config import AgentConfig
+    from ..manifest import Component
 
 Progress = Callable[[str, int, int | None], None]
 """progress(label, done_bytes, total_bytes_or_None)"""

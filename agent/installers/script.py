@@ -1,0 +1,142 @@
+"""Scripts: downloaded, verified, then run with a timeout and no shell.
+
+The script is written without execute permission, checked against its pinned
+size and sha256, and only then made executable and run directly (its own
+``#!`` line chooses the interpreter). Manifest values reach it only through
+environment variables (``CENTOPS_COMPONENT``, ``CENTOPS_VERSION``,
+``CENTOPS_SERIAL``), never through a command line a shell would interpret.
+Its output goes to a per-run log under the state directory. Scripts should be
+idempotent: one interrupted by a kill runs again on the next sync.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from ..download import DownloadOptions, fetch_verified
+from ..errors import InstallError
+from ..manifest import Component, ScriptSource
+from .base import InstallContext, InstalledRecord, InstallResult
+
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MAX_LOG_BYTES = 4 * 1024 * 1024
+
+
+def download_options(ctx: InstallContext) -> DownloadOptions:
+    return DownloadOptions(
+        timeout=float(ctx.config.download_timeout_seconds),
+        ca_bundle=ctx.config.download_ca_bundle,
+        allow_insecure_http=ctx.config.insecure_allow_http_loopback,
+    )
+
+
+class ScriptInstaller:
+    kind = "script"
+
+    def is_current(
+        self, component: Component, record: InstalledRecord | None, ctx: InstallContext
+    ) -> bool:
+        # A script's effect cannot be re-inspected; its successful run at this
+        # exact digest is what the record proves.
+        return (
+            record is not None
+            and record.kind == self.kind
+            and record.version == component.version
+            and record.digest == component.digest
+        )
+
+    def install(self, component: Component, ctx: InstallContext) -> InstallResult:
+        source = component.source
+        assert isinstance(source, ScriptSource)  # noqa: S101 - dispatched by kind
+        path = ctx.work_dir / f"{source.sha256}.script"
+        fetch_verified(
+            source.url,
+            dest=path,
+            size=source.size,
+            sha256=source.sha256,
+            options=download_options(ctx),
+            progress=ctx.progress,
+            label=component.name,
+        )
+        os.chmod(path, 0o700)  # executable only once verified
+        log_path = ctx.log_dir / f"serial-{ctx.serial}-{component.name}.log"
+        code, seconds = _run(path, component, ctx, log_path)
+        if code != 0:
+            raise InstallError(
+                f"script {component.name} {component.version} exited with code "
+                f"{code}; output in {log_path}",
+                reason="script-failed",
+            )
+        return InstallResult(
+            detail={"log": str(log_path), "seconds": round(seconds, 3)}
+        )
+
+
+def _run(
+    path: Path, component: Component, ctx: InstallContext, log_path: Path
+) -> tuple[int, float]:
+    env = {
+        "PATH": SAFE_PATH,
+        "LANG": "C.UTF-8",
+        "HOME": str(ctx.work_dir),
+        "CENTOPS_COMPONENT": component.name,
+        "CENTOPS_VERSION": component.version,
+        "CENTOPS_SERIAL": str(ctx.serial),
+        "CENTOPS_FILES_ROOT": str(ctx.config.files_root),
+    }
+    timeout = ctx.config.script_timeout_seconds
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with log_path.open("wb") as log:
+        try:
+            process = subprocess.Popen(
+                [str(path)],
+                cwd=ctx.work_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own group: a timeout kills it all
+            )
+        except OSError as exc:
+            raise InstallError(
+                f"script {component.name} cannot start: {exc.strerror} (does it "
+                "begin with a #! line?)",
+                reason="script-failed",
+            ) from exc
+        try:
+            code = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            _kill_group(process)
+            raise InstallError(
+                f"script {component.name} ran longer than {timeout} s and was "
+                f"stopped; output in {log_path}",
+                reason="script-timeout",
+            ) from exc
+    _cap_log(log_path)
+    return code, time.monotonic() - started
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _cap_log(path: Path) -> None:
+    if path.stat().st_size > MAX_LOG_BYTES:
+        with path.open("r+b") as handle:
+            handle.truncate(MAX_LOG_BYTES)
+            handle.seek(0, os.SEEK_END)
+            handle.write(b"\n[log truncated]\n")

@@ -1,0 +1,162 @@
+"""The agent's durable state: one JSON file, written atomically, under a lock.
+
+Layout of the state directory::
+
+    lock                      flock()ed by the one agent working here
+    state.json                AgentState, replaced atomically on each change
+    manifests/<serial>/       accepted manifests and their bundles, by serial
+    mirror.git/               bare shallow copy of the followed branch
+    work/                     downloads in progress (untrusted until verified)
+    logs/                     per-run script output
+    outbox/                   telemetry not yet delivered
+
+``state.json`` is read with the same suspicion as remote input: a file that
+does not parse is refused with a clear error rather than silently reset, since
+resetting would also reset the anti-rollback serial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .fsutil import atomic_write
+from .installers.base import InstalledRecord
+
+STATE_FORMAT = 1
+MAX_STATE_BYTES = 4 * 1024 * 1024
+SETTLED_OUTCOMES = frozenset({"succeeded", "refused", "stale"})
+
+
+class StateLocked(ConfigError):
+    """Another agent holds the state directory."""
+
+    reason = "state-locked"
+
+
+@dataclass
+class Applied:
+    """The manifest this client accepted last."""
+
+    serial: int
+    sha256: str
+    commit: str
+    expires: str
+    accepted_at: str
+
+
+@dataclass
+class LastResult:
+    outcome: str  # succeeded, failed, refused, rolled-back, stale
+    at: str
+    commit: str | None = None
+    serial: int | None = None
+    reason: str | None = None
+    message: str | None = None
+
+
+@dataclass
+class AgentState:
+    channel: str | None = None
+    highest_serial: int = 0
+    applied: Applied | None = None
+    seen_commit: str | None = None  # the last tip fetched
+    processed_commit: str | None = None  # fetched tip that needs no more work
+    config_sha256: str | None = None
+    components: dict[str, InstalledRecord] = field(default_factory=dict)
+    last_result: LastResult | None = None
+
+    def to_json(self) -> bytes:
+        body = asdict(self)
+        body["format"] = STATE_FORMAT
+        return json.dumps(body, indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes, *, source: Path) -> AgentState:
+        try:
+            body = json.loads(raw)
+            if body.pop("format") != STATE_FORMAT:
+                raise ValueError("unknown format")
+            applied = body.pop("applied")
+            last = body.pop("last_result")
+            components = body.pop("components")
+            return cls(
+                **body,
+                applied=Applied(**applied) if applied else None,
+                last_result=LastResult(**last) if last else None,
+                components={k: InstalledRecord(**v) for k, v in components.items()},
+            )
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ConfigError(
+                f"state file {source} is damaged ({type(exc).__name__}: {exc})",
+                reason="state-damaged",
+                hint="restore it from backup; deleting it forgets the anti-rollback "
+                "serial, so only do that for a client you re-provision",
+            ) from exc
+
+
+class StateDir:
+    """Paths inside the state directory and atomic access to ``state.json``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state_file = root / "state.json"
+        self.mirror = root / "mirror.git"
+        self.manifests = root / "manifests"
+        self.work = root / "work"
+        self.logs = root / "logs"
+        self.outbox = root / "outbox"
+        self.last_poll = root / "last-poll"
+
+    def prepare(self) -> None:
+        for folder in (self.root, self.manifests, self.work, self.logs, self.outbox):
+            folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+
+    def load(self) -> AgentState:
+        try:
+            with self.state_file.open("rb") as handle:
+                raw = handle.read(MAX_STATE_BYTES + 1)
+        except FileNotFoundError:
+            return AgentState()
+        return AgentState.from_json(raw, source=self.state_file)
+
+    def save(self, state: AgentState) -> None:
+        atomic_write(self.state_file, state.to_json(), mode=0o600)
+
+    def store_manifest(self, serial: int, manifest: bytes, bundle: bytes) -> Path:
+        folder = self.manifests / str(serial)
+        atomic_write(folder / "manifest.yaml.sigstore.json", bundle, mode=0o600)
+        atomic_write(folder / "manifest.yaml", manifest, mode=0o600)
+        return folder
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the directory's lock; StateLocked at once if another agent has it."""
+        self.prepare()
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise StateLocked(
+                    f"another centops-agent is working on {self.root}",
+                    hint="wait for it to finish; two agents must not share a "
+                    "state directory",
+                ) from exc
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield
+        finally:
+            os.close(fd)
+
+
+def record_dict(record: InstalledRecord) -> dict[str, Any]:
+    return asdict(record)
