@@ -227,6 +227,8 @@ def _sync_once(
         typer.echo(json.dumps(body))
     else:
         typer.echo(_describe(result))
+    if result.unreachable:
+        return EXIT_UNREACHABLE
     return OUTCOME_EXIT.get(result.outcome, EXIT_FAILED)
 
 

@@ -59,6 +59,7 @@ class SyncOutcome:
     commit: str | None = None
     components: list[ComponentOutcome] = field(default_factory=list)
     history_rewritten: bool = False
+    unreachable: bool = False  # the repository could not be reached
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,9 @@ class Controller:
             try:
                 result = self._cycle(state)
             except TransportError as exc:
-                result = SyncOutcome("failed", exc.reason, exc.message)
+                result = SyncOutcome(
+                    "failed", exc.reason, exc.message, unreachable=True
+                )
                 self._finish(state, result, commit=state.seen_commit)
             if self.options.deliver_telemetry and self.config.telemetry.enabled:
                 self._deliver()

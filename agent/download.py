@@ -61,6 +61,8 @@ def fetch_verified(
         progress(label, size, size)
         return dest  # a cached copy is re-hashed, never trusted as is
     dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(".dl-*.part"):  # left by a killed agent
+        stale.unlink(missing_ok=True)
     fd, temp_name = tempfile.mkstemp(dir=dest.parent, prefix=".dl-", suffix=".part")
     temp = Path(temp_name)
     try:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+
 from centops.tools.stack.gitserver import (
     GitDaemon,
     GitServerError,

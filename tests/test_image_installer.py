@@ -11,6 +11,8 @@ import base64
 import json
 import logging
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,7 +109,7 @@ def client(stack: Stack) -> Iterator[docker.DockerClient]:
 
 
 @pytest.fixture
-def component_name() -> Iterator[str]:
+def component_name() -> str:
     """A fresh component name per test, so tests never share containers."""
     return f"app-{uuid.uuid4().hex[:8]}"
 
@@ -244,10 +246,7 @@ def test_unchanged_manifest_needs_no_pull_even_with_the_registry_gone(
 ) -> None:
     # A registry of this test alone, so it can be stopped.
     registry = start_registry(tmp_path / "own-registry")
-    try:
-        digest = push_app(registry.url, "gone/app", "1", binary=app_binary)
-    finally:
-        pass
+    digest = push_app(registry.url, "gone/app", "1", binary=app_binary)
     repository = f"{registry.host}/gone/app"
     component = _component(component_name, repository, digest, "1")
     config = _config(
@@ -375,6 +374,14 @@ def test_registry_outside_the_allow_list_is_refused_before_any_pull(
 
     assert caught.value.reason == "registry-not-allowed"
     assert not ImageInstaller().is_current(component, None, _context(config, tmp_path))
+
+
+def test_importing_the_installer_does_not_import_docker() -> None:
+    # The agent's no-op poll imports the installers; docker costs ~100 ms.
+    code = (
+        "import sys, centops.agent.installers.image; sys.exit('docker' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 # --- credentials --------------------------------------------------------------

@@ -15,16 +15,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from centops.tools.localsigstore import (
-    GITHUB_ISSUER,
-    VARIANTS,
-    LocalSigstore,
-    NotRunningError,
-    ServerProcess,
-    mint_identity_token,
-    rekor,
-)
-from centops.tools.localsigstore.material import PLACEHOLDER_URL, utc_now
 from sigstore._internal.merkle import verify_merkle_inclusion
 from sigstore.errors import Error as SigstoreError
 from sigstore.models import Bundle, ClientTrustConfig, TransparencyLogEntry, TrustedRoot
@@ -40,6 +30,17 @@ from sigstore.verify.policy import (
     VerificationPolicy,
 )
 from sigstore_models.rekor.v1 import TransparencyLogEntry as InnerEntry
+
+from centops.tools.localsigstore import (
+    GITHUB_ISSUER,
+    VARIANTS,
+    LocalSigstore,
+    NotRunningError,
+    ServerProcess,
+    mint_identity_token,
+    rekor,
+)
+from centops.tools.localsigstore.material import PLACEHOLDER_URL, utc_now
 
 WORKFLOW_SAN = (
     "https://github.com/acme/centops-channel/.github/workflows/release.yml"

@@ -39,7 +39,6 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,18 +112,6 @@ class _Unhealthy(Exception):
     """The new container did not become healthy; the message says why."""
 
 
-@dataclass(frozen=True)
-class _Pinned:
-    """The image a component pins, and where it is allowed to come from."""
-
-    repository: str
-    digest: str
-
-    @property
-    def reference(self) -> str:
-        return f"{self.repository}@{self.digest}"
-
-
 class ImageInstaller:
     """Installs ``image`` components: pull by digest, then redeploy if declared."""
 
@@ -146,9 +133,7 @@ class ImageInstaller:
         if not _registry_allowed(source, ctx.config.docker):
             return False
         with _client(ctx.config.docker) as client:
-            image_id = _verified_image_id(
-                client, _Pinned(source.repository, source.digest)
-            )
+            image_id = _verified_image_id(client, source)
             if image_id is None:
                 return False
             spec = ctx.config.docker.container(component.name)
@@ -178,7 +163,7 @@ class ImageInstaller:
                 reason="registry-not-allowed",
                 hint="add the registry to docker.allowed_registries if it is trusted",
             )
-        pinned = _Pinned(source.repository, source.digest)
+        pinned = source
         auth = _auth_config(docker_config.credentials_file, source.registry)
         with _client(docker_config) as client:
             image_id = _verified_image_id(client, pinned)
@@ -279,7 +264,7 @@ def _canonical_repository(name: str) -> str:
     return name if "/" in name else f"library/{name}"
 
 
-def _verified_image_id(client: DockerClient, pinned: _Pinned) -> str | None:
+def _verified_image_id(client: DockerClient, pinned: ImageSource) -> str | None:
     """The id of the local image whose RepoDigests hold the pin, or None.
 
     RepoDigests is written by the engine only for content it pulled and
@@ -295,7 +280,7 @@ def _verified_image_id(client: DockerClient, pinned: _Pinned) -> str | None:
     return None
 
 
-def _require_verified(client: DockerClient, pinned: _Pinned) -> str:
+def _require_verified(client: DockerClient, pinned: ImageSource) -> str:
     image_id = _verified_image_id(client, pinned)
     if image_id is None:
         raise RemoteContentError(
@@ -324,7 +309,7 @@ def _tag_locally(client: DockerClient, image_id: str, component: Component) -> s
 
 def _pull(
     client: DockerClient,
-    pinned: _Pinned,
+    pinned: ImageSource,
     label: str,
     auth: dict[str, str] | None,
     ctx: InstallContext,
@@ -354,7 +339,7 @@ def _pull(
 
 def _read_pull_events(
     stream: Iterable[dict[str, Any]],
-    pinned: _Pinned,
+    pinned: ImageSource,
     label: str,
     progress: Progress,
     deadline: float,
@@ -393,7 +378,7 @@ def _report_layer(event: dict[str, Any], label: str, progress: Progress) -> None
     )
 
 
-def _pull_failure(pinned: _Pinned, message: str) -> CentOpsError:
+def _pull_failure(pinned: ImageSource, message: str) -> CentOpsError:
     """The error for an engine's pull failure ``message``, kept verbatim."""
     text = _short(message.strip())
     for pattern, kind, reason in _PULL_FAILURES:
@@ -715,7 +700,7 @@ def _wait_healthy(container: Any, spec: ContainerSpec) -> None:
             return
         time.sleep(HEALTH_POLL_S)
     raise _Unhealthy(
-        f"was not healthy after {spec.health_timeout_seconds} s (last state {status})"
+        f"was not healthy within {spec.health_timeout_seconds} s (last state {status})"
     )
 
 
@@ -730,7 +715,7 @@ def _judge(attrs: dict[str, Any]) -> str:
     if state.get("Status") in ("exited", "dead") or state.get("Restarting"):
         raise _Unhealthy(f"exited with code {code}")
     if int(attrs.get("RestartCount") or 0) > 0:
-        raise _Unhealthy(f"restarted after exiting with code {code}")
+        raise _Unhealthy(f"was restarted after exiting with code {code}")
     health = state.get("Health")
     if health is None:
         return (
@@ -738,7 +723,7 @@ def _judge(attrs: dict[str, Any]) -> str:
         )
     status = str(health.get("Status", ""))
     if status == "unhealthy":
-        raise _Unhealthy(f"unhealthy: {_last_probe(health)}")
+        raise _Unhealthy(f"is unhealthy: {_last_probe(health)}")
     return status
 
 

@@ -100,7 +100,7 @@ def _run(
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own group: a timeout kills it all
+                preexec_fn=_detach_but_follow_parent,
             )
         except OSError as exc:
             raise InstallError(
@@ -119,6 +119,23 @@ def _run(
             ) from exc
     _cap_log(log_path)
     return code, time.monotonic() - started
+
+
+def _detach_but_follow_parent() -> None:
+    """In the child: its own process group (a timeout kills all of it), and
+    SIGKILL when the agent dies, so a killed agent leaves no script running
+    that the next sync would run a second time alongside (Linux only)."""
+    os.setsid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: a killed agent may leave the script to finish alone
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:

@@ -60,6 +60,10 @@ MAX_EVENTS_FILE_BYTES = 4 * 1024 * 1024
 # Objects pile up in results.git (every fetched tip); past this many loose
 # objects they are pruned after a successful delivery.
 COMPACT_LOOSE_OBJECTS = 2000
+# Losing the race for the tip is normal when many clients report together; a
+# wider backoff window than the HTTP sink's lets a crowd drain in a few tries.
+PUSH_BACKOFF_BASE_SECONDS = 1.0
+PUSH_BACKOFF_CAP_SECONDS = 30.0
 _CLIENT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 # What git prints when a push lost the race for the branch tip.
 _REJECTION_MARKERS = (
@@ -213,9 +217,12 @@ class GitResultsSink:
                 outcome, error = self._try_once(events), None
             except TransportError as exc:
                 outcome, error = _Attempt(pushed=False), exc
-                if exc.reason == "git-auth-rejected":
+                if _auth_rejected(exc):
                     return self._report(
-                        outbox, attempts=attempt, error=exc.message, reason=exc.reason
+                        outbox,
+                        attempts=attempt,
+                        error=exc.message,
+                        reason="git-auth-rejected",
                     )
             if outcome.pushed:
                 outbox.ack(pending)
@@ -232,7 +239,12 @@ class GitResultsSink:
                     outbox, attempts=attempt, delivered=len(pending), error=None
                 )
             if attempt < self.max_attempts:
-                delay = backoff_delay(attempt, rng=self.rng)
+                delay = backoff_delay(
+                    attempt,
+                    rng=self.rng,
+                    base=PUSH_BACKOFF_BASE_SECONDS,
+                    cap=PUSH_BACKOFF_CAP_SECONDS,
+                )
                 logger.debug(
                     "telemetry: push %d/%d to %s lost or failed (%s); retry in %.2fs",
                     attempt,
@@ -443,6 +455,16 @@ class GitResultsSink:
             error=error,
             reason=reason,
         )
+
+
+def _auth_rejected(exc: TransportError) -> bool:
+    """True when the server refused the credentials: retrying cannot help.
+
+    With prompts disabled, git reports a 401 as being unable to read a
+    username, which ``gitsource`` classifies as unreachable; both count here.
+    """
+    text = exc.message.lower()
+    return exc.reason == "git-auth-rejected" or "could not read username" in text
 
 
 def _credentials(source: TokenSource | None) -> Credentials | None:
