@@ -430,7 +430,8 @@ def test_killed_while_script_runs_reruns_it(
 ) -> None:
     repo, files, config = setup
     flag = tmp_path / "started"
-    script = f'#!/bin/sh\ntouch "{flag}"\nsleep 3\necho done >> "{tmp_path}/ran.log"\n'.encode()
+    log = tmp_path / "ran.log"
+    script = f'#!/bin/sh\ntouch "{flag}"\nsleep 3\necho done >> "{log}"\n'.encode()
     repo.publish(Release(components=[script_component(files, "slow", script)]))
     proc = agent_process(config, agent_env)
     wait_for(flag.exists)
@@ -532,8 +533,8 @@ def test_noop_poll_process_imports_no_verification_stack(
         f"sys.argv = ['centops-agent', 'sync', '--config', {str(config)!r}]\n"
         "try:\n    runpy.run_module('centops.agent', run_name='__main__')\n"
         "except SystemExit as e:\n    code = e.code\n"
-        "heavy = [m for m in ('sigstore', 'docker', 'typer', 'jsonschema', 'yaml', 'git')"
-        " if m in sys.modules]\n"
+        "names = ('sigstore', 'docker', 'typer', 'jsonschema', 'yaml', 'git')\n"
+        "heavy = [m for m in names if m in sys.modules]\n"
         "print(code, heavy)\n"
     )
     out = subprocess.run(

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the real container stack used by the tests, the demo and CI:
 # Debian's Docker Engine (docker.io), the CNCF registry (docker-registry) and a
-# C toolchain able to link static binaries (gcc, libc6-dev).
+# C toolchain able to link static binaries (gcc, libc6-dev), and Chromium,
+# whose headless mode renders the fleet report in the tests.
 #
 # Idempotent: packages are installed only when their binaries are missing, so a
 # second run does nothing and needs no network. Must run as root (apt-get).
@@ -16,6 +17,7 @@ missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # A static link needs libc.a, which only libc6-dev ships.
 [[ -e /usr/lib/x86_64-linux-gnu/libc.a || -e /usr/lib/aarch64-linux-gnu/libc.a ]] \
     || missing+=(libc6-dev)
@@ -30,7 +32,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
 
-for binary in dockerd docker-registry gcc; do
+for binary in dockerd docker-registry gcc chromium; do
     if ! command -v "$binary" >/dev/null 2>&1; then
         echo "install.sh: $binary still missing after install" >&2
         exit 1
