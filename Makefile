@@ -22,7 +22,7 @@ system-deps:
 	else sudo bash tools/stack/install.sh; fi
 
 demo: setup system-deps
-	$(BIN)/centops validate manifests
+	$(BIN)/python -m centops.tools.demo
 
 lint: setup
 	$(BIN)/ruff check .

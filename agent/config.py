@@ -252,6 +252,7 @@ def _build(v: dict[str, Any], base: Path, path: Path, digest: str) -> AgentConfi
             "(or update_notification.endpoint)",
             reason="config-invalid",
         )
+    _check_repository_url(url, path, repo.get("insecure_allow_http_loopback", False))
     token = _token(repo.get("token"), p) or _note_token(note, p)
     trust = v["trust"]
     tele = v.get("telemetry") or {}
@@ -340,6 +341,30 @@ def _build(v: dict[str, Any], base: Path, path: Path, digest: str) -> AgentConfi
         log_level=logging_.get("level", "info"),
         source=path,
         sha256=digest,
+    )
+
+
+def _check_repository_url(url: str, path: Path, insecure_http: bool) -> None:
+    """https (or ssh, git, file) only; plain http for loopback behind the flag."""
+    scheme = url.partition("://")[0] if "://" in url else "file"
+    if scheme in ("https", "ssh", "git", "file"):
+        return
+    if scheme == "http":
+        from urllib.parse import urlsplit
+
+        from .manifest import is_loopback_host
+
+        if is_loopback_host(urlsplit(url).hostname or "") and insecure_http:
+            return
+        raise ConfigError(
+            f"{path}: repository.url {url!r} uses plain http",
+            reason="config-invalid",
+            hint="use https; plain http is only for loopback, with "
+            "repository.insecure_allow_http_loopback: true",
+        )
+    raise ConfigError(
+        f"{path}: repository.url scheme {scheme!r} is not supported",
+        reason="config-invalid",
     )
 
 

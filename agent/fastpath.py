@@ -18,12 +18,18 @@ secret: a token source is a variable name or a file path.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
-from pathlib import Path
-from typing import Any
+
+try:  # the builtin module: hashlib would load OpenSSL (~6 ms) for one digest
+    from _sha256 import sha256  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - Python built without it
+    from hashlib import sha256
+
+TYPE_CHECKING = False  # importing typing for its flag alone costs 2 ms here
+if TYPE_CHECKING:
+    from .config import AgentConfig
 
 CONFIG_ENV = "CENTOPS_AGENT_CONFIG"
 CACHE_ENV = "CENTOPS_AGENT_CACHE_DIR"
@@ -46,28 +52,28 @@ def parse_sync_argv(argv: list[str]) -> tuple[bool, str | None]:
     return False, None
 
 
-def cache_dir() -> Path:
+def cache_dir() -> str:
     explicit = os.environ.get(CACHE_ENV)
     if explicit:
-        return Path(explicit)
+        return explicit
     if os.geteuid() == 0:
-        return Path("/var/cache/centops-agent")
+        return "/var/cache/centops-agent"
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "centops-agent"
+    return os.path.join(base, "centops-agent")
 
 
-def cache_key(config_file: Path, data: bytes) -> str:
-    digest = hashlib.sha256(str(config_file.resolve()).encode() + b"\0" + data)
-    return digest.hexdigest()
+def cache_key(config_file: str, data: bytes) -> str:
+    path = os.path.realpath(config_file).encode()
+    return str(sha256(path + b"\0" + data).hexdigest())
 
 
-def write_cache(config: Any) -> None:
+def write_cache(config: AgentConfig) -> None:
     """Record what the no-op poll needs (called by the full sync; no secrets)."""
     try:
         data = config.source.read_bytes()
     except OSError:
         return
-    if hashlib.sha256(data).hexdigest() != config.sha256:
+    if sha256(data).hexdigest() != config.sha256:
         return  # the file changed under us; the next full sync writes it
     repo = config.repository
     token = repo.token
@@ -89,11 +95,12 @@ def write_cache(config: Any) -> None:
     }
     folder = cache_dir()
     try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        target = folder / f"{cache_key(config.source, data)}.json"
-        temp = target.with_name(target.name + f".{os.getpid()}.tmp")
-        temp.write_text(json.dumps(body))
-        temp.replace(target)
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        target = os.path.join(folder, f"{cache_key(str(config.source), data)}.json")
+        temp = f"{target}.{os.getpid()}.tmp"
+        with open(temp, "w") as handle:
+            handle.write(json.dumps(body))
+        os.replace(temp, target)
     except OSError:
         pass  # without the cache every poll takes the full path; still correct
 
@@ -106,19 +113,20 @@ def try_noop(explicit: str | None) -> bool:
         return False
 
 
-def _read(path: Path | str) -> bytes:
+def _read(path: str) -> bytes:
     with open(path, "rb") as handle:
         return handle.read(MAX_READ)
 
 
 def _noop(explicit: str | None) -> bool:
-    config_file = Path(explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    config_file = explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
     data = _read(config_file)
-    cache = json.loads(_read(cache_dir() / f"{cache_key(config_file, data)}.json"))
-    if cache["config_sha256"] != hashlib.sha256(data).hexdigest():
+    key = cache_key(config_file, data)
+    cache = json.loads(_read(os.path.join(cache_dir(), f"{key}.json")))
+    if cache["config_sha256"] != sha256(data).hexdigest():
         return False
-    state_dir = Path(cache["state_dir"])
-    state = json.loads(_read(state_dir / "state.json"))
+    state_dir = cache["state_dir"]
+    state = json.loads(_read(os.path.join(state_dir, "state.json")))
     last = state.get("last_result") or {}
     applied = state.get("applied") or {}
     processed = state.get("processed_commit")
@@ -132,7 +140,7 @@ def _noop(explicit: str | None) -> bool:
     expires = applied.get("expires")
     if expires and last.get("outcome") != "stale" and expires <= now:
         return False  # same fixed-width UTC format: text order is time order
-    if _outbox_pending(state_dir / "outbox"):
+    if _outbox_pending(os.path.join(state_dir, "outbox")):
         return False
     scheme = cache["url"].partition("://")[0]
     if scheme not in ("http", "https"):
@@ -163,15 +171,16 @@ def _noop(explicit: str | None) -> bool:
     if tip != processed:
         return False
     try:
-        temp = state_dir / "last-poll.tmp"
-        temp.write_text(now)
-        temp.replace(state_dir / "last-poll")
+        temp = os.path.join(state_dir, "last-poll.tmp")
+        with open(temp, "w") as handle:
+            handle.write(now)
+        os.replace(temp, os.path.join(state_dir, "last-poll"))
     except OSError:
         pass
     return True
 
 
-def _outbox_pending(outbox: Path) -> bool:
+def _outbox_pending(outbox: str) -> bool:
     try:
         sinks = list(os.scandir(outbox))
     except FileNotFoundError:

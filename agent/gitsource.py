@@ -163,7 +163,8 @@ def run_git(
 
 def _classify(stderr: str) -> str:
     lowered = stderr.lower()
-    if "401" in lowered or "403" in lowered or "authentication" in lowered:
+    auth_words = ("401", "403", "authentication", "could not read username")
+    if any(word in lowered for word in auth_words):
         return "git-auth-rejected"
     if "couldn't find remote ref" in lowered or "not found" in lowered:
         return "git-ref-missing"
@@ -288,9 +289,13 @@ class LocalMirror:
     def fetch(self, previous: str | None) -> FetchResult:
         """Fetch the branch tip at depth 1 and tell whether history was rewritten.
 
-        A tip whose ancestry (probed up to ANCESTRY_PROBE_DEPTH commits) does
-        not contain ``previous`` counts as rewritten (a force push); that is
-        reported, and the new tip is then verified like any other.
+        When ``previous`` is not the tip's parent, the last
+        ANCESTRY_PROBE_DEPTH commits are fetched to look for it. It counts as
+        rewritten (a force push) when it is not among them although the probe
+        reaches back past its commit time; a follower that fell further
+        behind than the probe cannot tell, and reports no rewrite. Either
+        way the new tip is then verified like any other: this is reporting,
+        not a trust decision (the serial is what stops a rollback).
         """
         self.ensure()
         refspec = f"+refs/heads/{self.branch}:{FETCHED_REF}"
@@ -298,8 +303,11 @@ class LocalMirror:
         commit = self.resolve(FETCHED_REF)
         rewritten = False
         if previous and previous != commit and previous not in self._parents(commit):
+            previous_time = self._commit_time(previous)
             self._fetch(f"--depth={ANCESTRY_PROBE_DEPTH}", refspec)
-            rewritten = not self._is_ancestor(previous, commit)
+            if not self._is_ancestor(previous, commit):
+                oldest = self._oldest_time(commit)
+                rewritten = previous_time is None or previous_time >= oldest
             self._fetch("--depth=1", refspec)
         return FetchResult(
             commit=commit, previous=previous, history_rewritten=rewritten
@@ -336,6 +344,25 @@ class LocalMirror:
             for line in out.decode("utf-8", "replace").splitlines()
             if line.startswith("parent ")
         ]
+
+    def _commit_time(self, commit: str) -> int | None:
+        try:
+            out = self._git("show", "-s", "--format=%ct", commit, what="git show")
+        except TransportError:
+            return None  # no longer in the mirror
+        return int(out.decode().strip() or 0)
+
+    def _oldest_time(self, commit: str) -> int:
+        """Commit time of the oldest commit the probe fetched."""
+        out = self._git(
+            "log",
+            "--format=%ct",
+            f"--max-count={ANCESTRY_PROBE_DEPTH}",
+            commit,
+            what="git log",
+        )
+        times = [int(t) for t in out.decode().split()]
+        return min(times) if len(times) >= ANCESTRY_PROBE_DEPTH else 0
 
     def _is_ancestor(self, ancestor: str, commit: str) -> bool:
         try:

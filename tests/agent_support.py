@@ -182,6 +182,7 @@ def agent_config(
             "branch": "main",
             "token": {"env": "CENTOPS_TEST_TOKEN"},
             "timeout_seconds": 20,
+            "insecure_allow_http_loopback": True,
         },
         "trust": {
             "trusted_root": str(sigstore.trusted_root_path),

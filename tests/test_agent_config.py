@@ -85,6 +85,9 @@ def test_design_note_blocks_are_accepted_as_written(
             "update_notification: {method: push, endpoint: https://y/r.git}\n",
             "expected 'polling'",
         ),
+        ("repository: {url: http://git.example/r.git}\n", "plain http"),
+        ("repository: {url: http://127.0.0.1:8/r.git}\n", "plain http"),
+        ("repository: {url: ftp://x/r.git}\n", "not supported"),
     ],
 )
 def test_bad_configuration_names_file_and_field(

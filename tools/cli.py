@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from centops.agent.errors import CentOpsError, ConfigError, RemoteContentError
+from centops.tools.release_cli import release_app
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -94,6 +95,8 @@ InsecureOpt = Annotated[
         help="Accept plain-http URLs on loopback (tests and demos only).",
     ),
 ]
+
+app.add_typer(release_app, name="release")
 
 
 @app.command()
@@ -298,6 +301,11 @@ def sign(
             typer.echo(f"signed {item.manifest} -> {item.bundle} as {item.identity}")
     except CentOpsError as exc:
         raise _fail(exc) from exc
+
+
+from centops.tools.fleet_cli import fleet_app  # noqa: E402 - registered last
+
+app.add_typer(fleet_app, name="fleet", help="The fleet view from the results branch.")
 
 
 def main() -> None:

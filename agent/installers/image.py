@@ -71,6 +71,9 @@ HANDOVER_SUFFIX = "-centops-next"
 LABEL_COMPONENT = "io.centops.component"
 LABEL_VERSION = "io.centops.version"
 LABEL_DIGEST = "io.centops.digest"
+# The client's own container name: several clients (or agents) may share an
+# engine, and each must only ever touch its own containers.
+LABEL_CONTAINER = "io.centops.container"
 
 _TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _DOCKER_HUB_KEYS = frozenset(
@@ -490,13 +493,14 @@ def _credentials(entry: dict[str, Any], path: Path, registry: str) -> dict[str, 
 def _containers_of(
     client: DockerClient, component: str, spec: ContainerSpec
 ) -> list[Any]:
-    """Every container of the component: labelled ones and the one of its name."""
+    """Every container of the component on this client: those labelled with
+    its container name, and the ones holding that name or its handover name."""
     import docker
 
     found = {
         c.id: c
         for c in client.containers.list(
-            all=True, filters={"label": f"{LABEL_COMPONENT}={component}"}
+            all=True, filters={"label": f"{LABEL_CONTAINER}={spec.name}"}
         )
     }
     for name in (spec.name, _handover_name(spec)):
@@ -609,6 +613,7 @@ def _redeploy(
             LABEL_COMPONENT: component.name,
             LABEL_VERSION: component.version,
             LABEL_DIGEST: component.digest,
+            LABEL_CONTAINER: spec.name,
         },
         **_run_options(spec),
     )
