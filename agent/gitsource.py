@@ -307,7 +307,9 @@ class LocalMirror:
             self._fetch(f"--depth={ANCESTRY_PROBE_DEPTH}", refspec)
             if not self._is_ancestor(previous, commit):
                 oldest = self._oldest_time(commit)
-                rewritten = previous_time is None or previous_time >= oldest
+                # The probe reached commits older than the previous tip, so
+                # an ancestor would have been seen.
+                rewritten = previous_time is None or previous_time > oldest
             self._fetch("--depth=1", refspec)
         return FetchResult(
             commit=commit, previous=previous, history_rewritten=rewritten

@@ -135,7 +135,8 @@ def test_only_a_plain_sync_takes_the_lean_path(
 def test_timer_jitters_and_backs_off_up_to_the_cap(tmp_path: Path) -> None:
     text = MINIMAL + (
         "repository: {url: https://x/r.git}\n"
-        "poll: {frequency_seconds: 3600, jitter_seconds: 60, max_backoff_seconds: 600}\n"
+        "poll: {frequency_seconds: 3600, jitter_seconds: 60,"
+        " max_backoff_seconds: 600}\n"
     )
     config = load_config(write(tmp_path, text))
     rng = random.Random(7)

@@ -361,6 +361,28 @@ def test_force_push_is_followed_and_reported(
     assert (tmp_path / "files/policies/p.yaml").read_bytes() == POLICY + b"2"
 
 
+def test_follower_far_behind_is_not_reported_as_a_rewrite(
+    setup: tuple[ManifestRepo, FileServer, Path], tmp_path: Path
+) -> None:
+    repo, files, config = setup
+    repo.publish(basic_release(files))
+    assert sync(config).outcome == "succeeded"
+    # more unrelated commits than the ancestry probe looks at, then a release
+    start = int(time.time()) + 5
+    stream = "".join(
+        f"commit refs/heads/main\ncommitter t <t@e> {start + i} +0000\n"
+        f"data 4\nnote\n{'from refs/heads/main^0' + chr(10) if i == 0 else ''}"
+        f"M 644 inline notes.txt\ndata {len(str(i))}\n{i}\n"
+        for i in range(100)
+    )
+    repo.work.git("fast-import", "--quiet", input_bytes=stream.encode())
+    repo.work.git("reset", "--hard", "--quiet", "main")
+    repo.publish(basic_release(files, serial=2, version="2"))
+    result = sync(config)
+    assert result.outcome == "succeeded"
+    assert result.history_rewritten is False
+
+
 def test_two_agents_on_one_state_directory(
     setup: tuple[ManifestRepo, FileServer, Path], tmp_path: Path
 ) -> None:
