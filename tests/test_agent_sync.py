@@ -17,6 +17,7 @@ import pytest
 from agent_support import (
     ISSUER,
     SIGNER,
+    TOKEN,
     FileServer,
     ManifestRepo,
     Release,
@@ -586,3 +587,87 @@ def test_status_reports_what_is_applied(
     repo.publish(basic_release(files, serial=2, version="2"))
     assert runner.invoke(app, ["check", "--config", str(config)]).exit_code == 10
     assert os.environ.get("CENTOPS_TEST_TOKEN", "") not in json.dumps(report)
+
+
+def results_branch_events(repo: ManifestRepo, client: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [
+            "git",
+            "--git-dir",
+            str(repo.bare),
+            "show",
+            f"centops-results:clients/{client}/events.jsonl",
+        ],
+        capture_output=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    return [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+
+
+def test_outcomes_reach_the_results_branch_with_their_reason(
+    setup: tuple[ManifestRepo, FileServer, Path], tmp_path: Path
+) -> None:
+    repo, files, _ = setup
+    config = agent_config(
+        tmp_path,
+        repo_url=repo.url,
+        sigstore=repo.sigstore,
+        telemetry={"results_branch": {"enabled": True}},
+    )
+    repo.publish(basic_release(files))
+    assert sync(config).outcome == "succeeded"
+    repo.publish(basic_release(files, serial=2, version="2"), tamper=tamper_one_byte)
+    assert sync(config).outcome == "refused"
+
+    events = results_branch_events(repo, "client-a")
+    types = [e["type"] for e in events]
+    assert types[0] == "io.centops.sync.started"
+    assert "io.centops.update.succeeded" in types
+    refused = events[-1]
+    assert refused["type"] == "io.centops.update.refused"
+    assert refused["data"]["reason"] == "signature-artifact-mismatch"
+    assert refused["source"] == "urn:centops:client:client-a"
+    succeeded = next(e for e in events if e["type"] == "io.centops.update.succeeded")
+    assert succeeded["subject"] == "stable/1"
+    assert [c["outcome"] for c in succeeded["data"]["components"]] == [
+        "installed",
+        "installed",
+    ]
+    assert len({e["id"] for e in events}) == len(events)
+    assert TOKEN not in json.dumps(events)
+    # the poll itself never fetched the results branch
+    mirror_refs = subprocess.run(
+        ["git", "--git-dir", str(tmp_path / "state/mirror.git"), "for-each-ref"],
+        capture_output=True,
+        timeout=30,
+        check=True,
+    ).stdout.decode()
+    assert "centops-results" not in mirror_refs
+
+
+def test_run_syncs_on_a_timer_and_stops_cleanly_on_sigterm(
+    setup: tuple[ManifestRepo, FileServer, Path],
+    tmp_path: Path,
+    agent_env: dict[str, str],
+) -> None:
+    repo, files, config = setup
+    repo.publish(basic_release(files))
+    text = config.read_text().replace("frequency_seconds: 60", "frequency_seconds: 1")
+    config.write_text(text)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "centops.agent", "run", "--config", str(config)],
+        env=agent_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: (tmp_path / "state/last-poll").exists(), timeout=60)
+        repo.publish(basic_release(files, serial=2, version="2"))
+        wait_for(lambda: StateDir(tmp_path / "state").load().highest_serial == 2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode == 0, output
+    assert "stopping on signal" in output
+    assert (tmp_path / "files/policies/p.yaml").read_bytes() == POLICY + b"2"
