@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from agent_support import TOKEN, FileServer, ManifestRepo
 
 from centops.tools.localsigstore import LocalSigstore
+from centops.tools.stack import (
+    Stack,
+    StackError,
+    build_app,
+    connect,
+    start_stack,
+    stop_stack,
+)
 from centops.tools.stack.gitserver import SmartHttpGitServer
 
 
@@ -53,3 +62,30 @@ def agent_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]
     monkeypatch.setenv("CENTOPS_TEST_TOKEN", TOKEN)
     monkeypatch.setenv("CENTOPS_AGENT_CACHE_DIR", str(tmp_path / "cache"))
     return dict(os.environ)
+
+
+@pytest.fixture(scope="session")
+def app_binary(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A static binary that runs as a container (built once per session)."""
+    try:
+        return build_app(tmp_path_factory.mktemp("app-cache")).read_bytes()
+    except StackError as e:
+        pytest.fail(f"cannot build the sample image binary: {e.describe()}")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A real registry and Docker Engine on loopback; failing to start fails."""
+    try:
+        started = start_stack(tmp_path_factory.mktemp("image-stack"))
+    except StackError as e:
+        pytest.fail(f"the container stack did not start: {e.describe()}")
+    yield started
+    stop_stack(started)
+
+
+@pytest.fixture(scope="session")
+def client(stack: Stack) -> Iterator[Any]:
+    session_client = connect(stack.daemon.docker_host)
+    yield session_client
+    session_client.close()

@@ -53,15 +53,11 @@ from centops.tools.stack import (
     StackError,
     TamperProxy,
     Target,
-    build_app,
-    connect,
     push_app,
     push_app_index,
     push_image,
     start_registry,
-    start_stack,
     stop_registry,
-    stop_stack,
 )
 from centops.tools.stack.images import APP_PATH, app_config, app_layers
 
@@ -79,33 +75,6 @@ def _unavailable(what: str, error: StackError) -> None:
 
 
 # --- fixtures ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def app_binary(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    try:
-        return build_app(tmp_path_factory.mktemp("app-cache")).read_bytes()
-    except StackError as e:
-        _unavailable("sample binary", e)
-        raise
-
-
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    try:
-        started = start_stack(tmp_path_factory.mktemp("image-stack"))
-    except StackError as e:
-        _unavailable("container stack", e)
-        raise
-    yield started
-    stop_stack(started)
-
-
-@pytest.fixture(scope="session")
-def client(stack: Stack) -> Iterator[docker.DockerClient]:
-    session_client = connect(stack.daemon.docker_host)
-    yield session_client
-    session_client.close()
 
 
 @pytest.fixture
