@@ -38,6 +38,7 @@ from centops.agent.installers.base import InstallContext
 from centops.agent.installers.image import (
     HANDOVER_SUFFIX,
     LABEL_COMPONENT,
+    LABEL_CONTAINER,
     LABEL_DIGEST,
     LABEL_VERSION,
     ImageInstaller,
@@ -647,7 +648,10 @@ def _run_labelled(
     name: str,
     component: str,
     digest: str,
+    *,
+    owner: str,
 ) -> Any:
+    """A container carrying this client's labels (``owner``: its spec name)."""
     return client.containers.run(
         image,
         detach=True,
@@ -657,6 +661,7 @@ def _run_labelled(
             LABEL_COMPONENT: component,
             LABEL_VERSION: "x",
             LABEL_DIGEST: digest,
+            LABEL_CONTAINER: owner,
         },
     )
 
@@ -689,7 +694,12 @@ def test_interrupted_redeploy_is_recovered_to_exactly_one_container(
     old = _only_container(client, component_name)
     client.api.pull(repository, tag=v2)
     _run_labelled(
-        client, f"{repository}@{v2}", spec.name + HANDOVER_SUFFIX, component_name, v2
+        client,
+        f"{repository}@{v2}",
+        spec.name + HANDOVER_SUFFIX,
+        component_name,
+        v2,
+        owner=spec.name,
     )
     if crash == "old-stopped-handover-running":
         old.stop(timeout=1)
@@ -725,10 +735,45 @@ def test_stray_copy_of_the_component_is_not_current_and_is_removed(
     component = _component(component_name, repository, v1, "1")
     installer = ImageInstaller()
     installer.install(component, ctx)
-    _run_labelled(client, f"{repository}@{v1}", f"{spec.name}-copy", component_name, v1)
+    _run_labelled(
+        client,
+        f"{repository}@{v1}",
+        f"{spec.name}-copy",
+        component_name,
+        v1,
+        owner=spec.name,
+    )
 
     assert not installer.is_current(component, None, ctx)
     installer.install(component, ctx)
 
     assert _only_container(client, component_name).name == spec.name
     assert installer.is_current(component, None, ctx)
+
+
+def test_another_clients_container_on_a_shared_engine_is_left_alone(
+    stack: Stack,
+    client: docker.DockerClient,
+    app_binary: bytes,
+    tmp_path: Path,
+    component_name: str,
+    containers_cleaned: None,
+) -> None:
+    repository, v1 = _push(stack, app_binary, "shared/app", "1")
+    spec = _spec(component_name)
+    config = _config(
+        tmp_path, stack.daemon.docker_host, containers={component_name: spec}
+    )
+    neighbour = _run_labelled(
+        client,
+        f"{repository}@{v1}",
+        f"{spec.name}-neighbour",
+        component_name,
+        v1,
+        owner=f"{spec.name}-neighbour",
+    )
+    ImageInstaller().install(
+        _component(component_name, repository, v1, "1"), _context(config, tmp_path)
+    )
+    neighbour.reload()
+    assert neighbour.status == "running"
