@@ -138,6 +138,9 @@ class HttpSinkConfig:
 class TelemetryConfig:
     enabled: bool = True
     outbox_max_events: int = 10_000
+    # An idle client reports it is alive this often, so the fleet view can
+    # tell "nothing to do" from "gone"; None: twice the poll frequency.
+    heartbeat_seconds: int | None = None
     results_branch: ResultsBranchConfig = field(default_factory=ResultsBranchConfig)
     http: HttpSinkConfig | None = None
 
@@ -311,6 +314,7 @@ def _build(v: dict[str, Any], base: Path, path: Path, digest: str) -> AgentConfi
         telemetry=TelemetryConfig(
             enabled=bool(telemetry_on),
             outbox_max_events=tele.get("outbox_max_events", 10_000),
+            heartbeat_seconds=tele.get("heartbeat_seconds", 2 * frequency),
             results_branch=ResultsBranchConfig(
                 enabled=results.get("enabled", True),
                 url=results.get("url"),

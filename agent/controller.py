@@ -96,6 +96,15 @@ def needs_work(
     )
 
 
+def heartbeat_due(state: AgentState, config: AgentConfig, now: datetime) -> bool:
+    """Whether an idle client should report that it is alive."""
+    every = config.telemetry.heartbeat_seconds
+    if not config.telemetry.enabled or every is None:
+        return False
+    last = state.last_report_at
+    return last is None or parse_timestamp(last) + timedelta(seconds=every) <= now
+
+
 def _expired(expires: str, now: datetime) -> bool:
     return parse_timestamp(expires) <= now
 
@@ -154,6 +163,12 @@ class Controller:
             )
         if not needs_work(state, config, tip, now) and not self._outbox_pending():
             self._touch_last_poll(now)
+            if heartbeat_due(state, config, now):
+                self._emit(
+                    "client.alive", "reported", serial=state.highest_serial, commit=tip
+                )
+                state.last_report_at = format_timestamp(now)
+                self.dirs.save(state)
             write_cache(config)
             return SyncOutcome("up-to-date", serial=state.highest_serial, commit=tip)
 
@@ -436,6 +451,8 @@ class Controller:
         if result.outcome in SETTLED_OUTCOMES:
             state.processed_commit = commit
         state.config_sha256 = self.config.sha256
+        if not (repeated and result.outcome != "succeeded"):
+            state.last_report_at = now
         self.dirs.save(state)
         if result.outcome in SETTLED_OUTCOMES:
             write_cache(self.config)

@@ -83,6 +83,9 @@ def write_cache(config: AgentConfig) -> None:
         "url": repo.url,
         "branch": repo.branch,
         "timeout": repo.timeout_seconds,
+        "heartbeat_seconds": config.telemetry.heartbeat_seconds
+        if config.telemetry.enabled
+        else None,
         "ca_bundle": str(repo.ca_bundle) if repo.ca_bundle else None,
         "token": None
         if token is None
@@ -142,6 +145,16 @@ def _noop(explicit: str | None) -> bool:
         return False  # same fixed-width UTC format: text order is time order
     if _outbox_pending(os.path.join(state_dir, "outbox")):
         return False
+    every = cache.get("heartbeat_seconds")
+    last_report = state.get("last_report_at")
+    if every is not None:
+        if not last_report:
+            return False
+        due = time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - float(every))
+        )
+        if last_report <= due:
+            return False  # the full sync sends the heartbeat
     scheme = cache["url"].partition("://")[0]
     if scheme not in ("http", "https"):
         return False

@@ -72,6 +72,7 @@ class AgentState:
     config_sha256: str | None = None
     components: dict[str, InstalledRecord] = field(default_factory=dict)
     last_result: LastResult | None = None
+    last_report_at: str | None = None  # when telemetry last recorded an event
 
     def to_json(self) -> bytes:
         body = asdict(self)

@@ -671,3 +671,44 @@ def test_run_syncs_on_a_timer_and_stops_cleanly_on_sigterm(
     assert proc.returncode == 0, output
     assert "stopping on signal" in output
     assert (tmp_path / "files/policies/p.yaml").read_bytes() == POLICY + b"2"
+
+
+def test_idle_client_sends_a_heartbeat_when_due_and_only_then(
+    setup: tuple[ManifestRepo, FileServer, Path],
+    tmp_path: Path,
+    agent_env: dict[str, str],
+) -> None:
+    repo, files, _ = setup
+    config = agent_config(
+        tmp_path,
+        repo_url=repo.url,
+        sigstore=repo.sigstore,
+        telemetry={"results_branch": {"enabled": True}, "heartbeat_seconds": 3600},
+    )
+    repo.publish(basic_release(files))
+    assert sync(config).outcome == "succeeded"
+    count = len(results_branch_events(repo, "client-a"))
+
+    def poll() -> None:  # the real command line, lean path included
+        done = subprocess.run(
+            [sys.executable, "-m", "centops.agent", "sync", "--config", str(config)],
+            env=agent_env,
+            capture_output=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+
+    poll()
+    assert len(results_branch_events(repo, "client-a")) == count  # not due yet
+
+    dirs = StateDir(tmp_path / "state")
+    state = dirs.load()
+    state.last_report_at = "2000-01-01T00:00:00Z"
+    dirs.save(state)
+    poll()
+    events = results_branch_events(repo, "client-a")
+    assert len(events) == count + 1
+    assert events[-1]["type"] == "io.centops.client.alive"
+    assert events[-1]["subject"] == "stable/1"
+    poll()
+    assert len(results_branch_events(repo, "client-a")) == count + 1
