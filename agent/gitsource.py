@@ -246,7 +246,59 @@ class FetchResult:
     history_rewritten: bool
 
 
-class LocalMirror:
+class BareRepo:
+    """A bare repository under the state directory, driven through git with
+    the token in the environment only (see :func:`git_environment`)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        credentials: Credentials | None,
+        timeout: float,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.path = path
+        self.credentials = credentials
+        self.timeout = timeout
+        self.env = git_environment(credentials)
+        self.env.update(extra_env or {})
+
+    def git(
+        self,
+        *args: str,
+        what: str,
+        input_bytes: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> bytes:
+        return run_git(
+            ["--git-dir", str(self.path), *args],
+            env=self.env if env is None else env,
+            timeout=self.timeout,
+            credentials=self.credentials,
+            input_bytes=input_bytes,
+            what=what,
+        )
+
+    def ensure(self) -> None:
+        """Create the repository if it does not exist yet."""
+        if (self.path / "HEAD").exists():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        run_git(
+            ["init", "--bare", "--quiet", str(self.path)],
+            env=self.env,
+            timeout=self.timeout,
+            what="git init",
+        )
+
+    def compact(self) -> None:
+        """Drop objects no longer reachable from the refs kept."""
+        self.git("reflog", "expire", "--expire=now", "--all", what="git reflog")
+        self.git("gc", "--prune=now", "--quiet", what="git gc")
+
+
+class LocalMirror(BareRepo):
     """A bare, shallow copy of one branch under the state directory."""
 
     def __init__(
@@ -258,33 +310,9 @@ class LocalMirror:
         credentials: Credentials | None,
         timeout: float,
     ) -> None:
-        self.path = path
+        super().__init__(path, credentials=credentials, timeout=timeout)
         self.url = url
         self.branch = branch
-        self.credentials = credentials
-        self.timeout = timeout
-        self.env = git_environment(credentials)
-
-    def _git(self, *args: str, what: str, input_bytes: bytes | None = None) -> bytes:
-        return run_git(
-            ["--git-dir", str(self.path), *args],
-            env=self.env,
-            timeout=self.timeout,
-            credentials=self.credentials,
-            input_bytes=input_bytes,
-            what=what,
-        )
-
-    def ensure(self) -> None:
-        if (self.path / "HEAD").exists():
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        run_git(
-            ["init", "--bare", "--quiet", str(self.path)],
-            env=self.env,
-            timeout=self.timeout,
-            what="git init",
-        )
 
     def fetch(self, previous: str | None) -> FetchResult:
         """Fetch the branch tip at depth 1 and tell whether history was rewritten.
@@ -316,7 +344,7 @@ class LocalMirror:
         )
 
     def _fetch(self, depth: str, refspec: str) -> None:
-        self._git(
+        self.git(
             "fetch",
             "--quiet",
             "--no-tags",
@@ -330,7 +358,7 @@ class LocalMirror:
         )
 
     def resolve(self, ref: str) -> str:
-        out = self._git(
+        out = self.git(
             "rev-parse",
             "--verify",
             "--quiet",
@@ -340,7 +368,7 @@ class LocalMirror:
         return out.decode().strip()
 
     def _parents(self, commit: str) -> list[str]:
-        out = self._git("cat-file", "commit", commit, what="git cat-file")
+        out = self.git("cat-file", "commit", commit, what="git cat-file")
         return [
             line.split(" ", 1)[1]
             for line in out.decode("utf-8", "replace").splitlines()
@@ -349,14 +377,14 @@ class LocalMirror:
 
     def _commit_time(self, commit: str) -> int | None:
         try:
-            out = self._git("show", "-s", "--format=%ct", commit, what="git show")
+            out = self.git("show", "-s", "--format=%ct", commit, what="git show")
         except TransportError:
             return None  # no longer in the mirror
         return int(out.decode().strip() or 0)
 
     def _oldest_time(self, commit: str) -> int:
         """Commit time of the oldest commit the probe fetched."""
-        out = self._git(
+        out = self.git(
             "log",
             "--format=%ct",
             f"--max-count={ANCESTRY_PROBE_DEPTH}",
@@ -368,9 +396,7 @@ class LocalMirror:
 
     def _is_ancestor(self, ancestor: str, commit: str) -> bool:
         try:
-            self._git(
-                "merge-base", "--is-ancestor", ancestor, commit, what="merge-base"
-            )
+            self.git("merge-base", "--is-ancestor", ancestor, commit, what="merge-base")
         except TransportError:
             return False
         return True
@@ -383,7 +409,7 @@ class LocalMirror:
         """
         names = [f"{commit}:{p}" for p in paths]
         request = "".join(f"{n}\n" for n in names).encode()
-        checks = self._git(
+        checks = self.git(
             "cat-file", "--batch-check", what="git cat-file", input_bytes=request
         )
         found: dict[str, bytes | None] = {}
@@ -398,10 +424,5 @@ class LocalMirror:
                     f"{MAX_BLOB_BYTES}",
                     reason="manifest-too-large",
                 )
-            found[path] = self._git("cat-file", "blob", fields[0], what="git cat-file")
+            found[path] = self.git("cat-file", "blob", fields[0], what="git cat-file")
         return found
-
-    def compact(self) -> None:
-        """Drop objects no longer reachable from the followed tip."""
-        self._git("reflog", "expire", "--expire=now", "--all", what="git reflog")
-        self._git("gc", "--prune=now", "--quiet", what="git gc")

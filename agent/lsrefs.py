@@ -11,10 +11,16 @@ token elsewhere).
 from __future__ import annotations
 
 import base64
+import re
 import socket
+import time
 from urllib.parse import urlsplit
 
 MAX_ANSWER_BYTES = 64 * 1024
+_STATUS = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: .*)?")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
+_PKT_SIZE = re.compile(rb"[0-9a-f]{4}")
+_PRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
 class LsRefsError(Exception):
@@ -70,7 +76,10 @@ def branch_tip(
         head.append(f"Authorization: {authorization}")
     request = ("\r\n".join(head) + "\r\n\r\n").encode() + body
     raw = _exchange(host, port, request, timeout, secure, ca_bundle)
-    status, headers, payload = _parse_response(raw)
+    try:
+        status, headers, payload = _parse_response(raw)
+    except (ValueError, IndexError) as exc:
+        raise LsRefsError("protocol", "malformed HTTP answer") from exc
     if status in (401, 403):
         raise LsRefsError(
             "auth", f"the server rejected the credentials (HTTP {status})"
@@ -90,9 +99,12 @@ def _exchange(
     secure: bool,
     ca_bundle: str | None,
 ) -> bytes:
+    # One deadline for the whole exchange: a server dripping a byte at a
+    # time cannot hold the agent (and its lock) longer than ``timeout``.
+    deadline = time.monotonic() + timeout
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError as exc:
+    except (OSError, UnicodeError) as exc:
         raise LsRefsError("unreachable", f"cannot connect: {exc}") from exc
     try:
         if secure:
@@ -105,6 +117,10 @@ def _exchange(
         chunks: list[bytes] = []
         received = 0
         while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LsRefsError("unreachable", f"no complete answer in {timeout} s")
+            sock.settimeout(left)
             block = sock.recv(16384)
             if not block:
                 break
@@ -121,25 +137,26 @@ def _exchange(
 
 def _parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
     head, sep, payload = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    fields = lines[0].split(" ", 2)
-    if not sep or len(fields) < 2 or not fields[1].isdigit():
+    lines = head.split(b"\r\n")
+    status = _STATUS.fullmatch(lines[0])
+    if not sep or status is None:
         raise LsRefsError("protocol", "malformed HTTP answer")
     headers = {}
     for line in lines[1:]:
-        name, _, value = line.partition(":")
+        name, _, value = line.decode("latin-1").partition(":")
         headers[name.strip().lower()] = value.strip()
-    return int(fields[1]), headers, payload
+    return int(status[1]), headers, payload
 
 
 def _unchunk(payload: bytes) -> bytes:
     out = bytearray()
     offset = 0
-    while offset < len(payload):
+    while offset < len(payload):  # every pass moves offset forward
         end = payload.find(b"\r\n", offset)
-        if end < 0:
-            raise LsRefsError("protocol", "truncated chunked answer")
-        size = int(payload[offset:end].split(b";")[0] or b"0", 16)
+        size_text = payload[offset:end].split(b";")[0].strip()
+        if end < 0 or not _CHUNK_SIZE.fullmatch(size_text):
+            raise LsRefsError("protocol", "malformed chunked answer")
+        size = int(size_text, 16)
         if size == 0:
             break
         out += payload[end + 2 : end + 2 + size]
@@ -150,10 +167,10 @@ def _unchunk(payload: bytes) -> bytes:
 def _find(payload: bytes, ref: str) -> str | None:
     offset = 0
     while offset + 4 <= len(payload):
-        try:
-            size = int(payload[offset : offset + 4], 16)
-        except ValueError as exc:
-            raise LsRefsError("protocol", "malformed pkt-line") from exc
+        head = payload[offset : offset + 4]
+        if not _PKT_SIZE.fullmatch(head):
+            raise LsRefsError("protocol", "malformed pkt-line")
+        size = int(head, 16)
         if size == 0:
             break
         if size < 4:  # delimiter packets
@@ -162,7 +179,8 @@ def _find(payload: bytes, ref: str) -> str | None:
         line = payload[offset + 4 : offset + size].decode("utf-8", "replace").strip()
         offset += size
         if line.startswith("ERR "):
-            raise LsRefsError("protocol", f"server error: {line[4:200]}")
+            shown = _PRINTABLE.sub("?", line[4:200])  # no forged log lines
+            raise LsRefsError("protocol", f"server error: {shown}")
         oid, _, rest = line.partition(" ")
         hexadecimal = all(c in "0123456789abcdef" for c in oid)
         if rest.split(" ", 1)[0] == ref and len(oid) in (40, 64) and hexadecimal:

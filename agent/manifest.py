@@ -38,12 +38,15 @@ MANIFEST_FILENAME = "manifest.yaml"
 BUNDLE_SUFFIX = ".sigstore.json"
 DIGEST_PREFIX = "sha256:"
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+HEX64 = re.compile(r"[0-9a-f]{64}")
 _DOMAIN = (
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9-]+)*(?::[0-9]{1,5})?"
 )
 _PATH_PART = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-_IMAGE = re.compile(
+# An image reference as Docker reads it: [registry[:port]/]path[:tag][@digest].
+# The digest part is captured loosely here and checked separately, so a bad
+# digest gets its own message.
+IMAGE_REFERENCE = re.compile(
     rf"(?P<repo>(?:{_DOMAIN}/)?{_PATH_PART}(?:/{_PATH_PART})*)"
     r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
     r"(?:@(?P<digest>[^@]+))?"
@@ -210,6 +213,7 @@ def parse_manifest(
         problems.add(("includes",), "use either `components` or `includes`, not both")
     elif key not in value:
         problems.add((), "missing `components`: the ordered list of components")
+    _invisible_characters(value, (), problems)
     for path, message in schemas.check_document(schemas.MANIFEST, document):
         if not _is_source_choice(path, message):
             problems.add(path, message)
@@ -218,6 +222,9 @@ def parse_manifest(
     components: list[Component] = []
     if isinstance(items, list):
         components = _components(items, key, problems, allow_insecure_http)
+        if len(components) != len(items) and not problems.found:
+            # Defence in depth: a component must never vanish silently.
+            problems.add((key,), "a component could not be read; check each entry")
     issued_at = _timestamp(value, "issued_at", problems)
     expires = _timestamp(value, "expires", problems)
     if issued_at and expires and expires <= issued_at:
@@ -235,6 +242,38 @@ def parse_manifest(
         sha256=hashlib.sha256(data).hexdigest(),
         source=source,
     )
+
+
+def _invisible_characters(value: Any, path: Path, problems: _Problems) -> None:
+    """Refuse control and format characters (newlines, zero-width spaces,
+    direction marks) in every key and value: no field needs them, and they
+    make two different values look the same to a reviewer."""
+    stack: list[tuple[Any, Path]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                _check_text(key, (*where, key), problems)
+                stack.append((child, (*where, key)))
+        elif isinstance(item, list):
+            stack.extend((child, (*where, i)) for i, child in enumerate(item))
+        else:
+            _check_text(item, where, problems)
+
+
+def _check_text(text: Any, path: Path, problems: _Problems) -> None:
+    if not isinstance(text, str):
+        return
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp", "Co", "Cs"):
+            name = unicodedata.name(char, "control character")
+            problems.add(
+                path,
+                f"contains the invisible character U+{ord(char):04X} ({name}); "
+                "remove it",
+                "invisible-character",
+            )
+            return
 
 
 def _is_source_choice(path: Path, message: str) -> bool:
@@ -274,6 +313,8 @@ def _components(
                 )
             seen_paths.setdefault(folded_path, index)
         _dependencies(item, index, items, key, problems)
+        if isinstance(source, FileSource):
+            _nested_destination(source.path, built, path, problems)
         if source is not None and isinstance(name, str):
             built.append(
                 Component(
@@ -285,6 +326,24 @@ def _components(
                 )
             )
     return built
+
+
+def _nested_destination(
+    dest: str, built: list[Component], path: Path, problems: _Problems
+) -> None:
+    """Refuse a file destination that is a folder of another file's (x, x/y)."""
+    mine = _fold(dest)
+    for other in built:
+        if not isinstance(other.source, FileSource):
+            continue
+        theirs = _fold(other.source.path)
+        if mine.startswith(theirs + "/") or theirs.startswith(mine + "/"):
+            problems.add(
+                (*path, "path"),
+                f"destination {dest!r} and {other.source.path!r} (component "
+                f"{other.name!r}) would need one path to be both a file and a folder",
+            )
+            return
 
 
 def _fold(text: str) -> str:
@@ -321,7 +380,7 @@ def _source(
         and dest_ok
         and isinstance(url, str)
         and isinstance(sha256, str)
-        and _HEX64.fullmatch(sha256)
+        and HEX64.fullmatch(sha256)
         and isinstance(size, int)
         and not isinstance(size, bool)
         and size >= 1
@@ -335,8 +394,8 @@ def _source(
 def _image(item: dict[str, Any], path: Path, problems: _Problems) -> ImageSource | None:
     ref = item["image"]
     if not isinstance(ref, str):
-        return None
-    match = _IMAGE.fullmatch(ref)
+        return None  # the schema reported the type
+    match = IMAGE_REFERENCE.fullmatch(ref)
     if match is None:
         problems.add(
             (*path, "image"),
@@ -348,7 +407,7 @@ def _image(item: dict[str, Any], path: Path, problems: _Problems) -> ImageSource
     pinned = item.get("sha256")
     if inline is not None:
         hexpart = inline.removeprefix(DIGEST_PREFIX)
-        if not inline.startswith(DIGEST_PREFIX) or not _HEX64.fullmatch(hexpart):
+        if not inline.startswith(DIGEST_PREFIX) or not HEX64.fullmatch(hexpart):
             problems.add(
                 (*path, "image"),
                 f"digest {inline!r} must be sha256: followed by 64 lowercase hex "
@@ -369,7 +428,7 @@ def _image(item: dict[str, Any], path: Path, problems: _Problems) -> ImageSource
             "or write repo@sha256:<64 hex>",
         )
         return None
-    if not isinstance(pinned, str) or not _HEX64.fullmatch(pinned):
+    if not isinstance(pinned, str) or not HEX64.fullmatch(pinned):
         return None  # the schema reported the exact fault
     return ImageSource(match["repo"], DIGEST_PREFIX + pinned, match["tag"])
 
@@ -384,22 +443,43 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+_HOST_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def _valid_host(host: str) -> bool:
+    """An IP address, or DNS labels of at most 63 characters (253 in all)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    return len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+
+
 def url_problem(url: str, *, allow_insecure_http: bool) -> str | None:
     """Why ``url`` may not be downloaded from, or None when it may."""
+    if not url.isascii() or _CONTROL.search(url) or " " in url:
+        return (
+            f"{url!r} must be plain ASCII without spaces or control characters "
+            "(percent-encode the path; write international hosts in punycode)"
+        )
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
+        port = parts.port  # raises ValueError on a malformed port
     except ValueError:
         return f"{url!r} is not a valid URL"
-    if _CONTROL.search(url) or " " in url:
-        return f"{url!r} contains spaces or control characters"
+    if port == 0:
+        return f"{url!r} names port 0"
     if parts.username is not None or parts.password is not None:
         return "URLs may not carry credentials; configure them on the client"
     if parts.scheme not in ("https", "http"):
         return f"{url!r} must use https"
     if not host:
         return f"{url!r} has no host"
+    if not _valid_host(host):
+        return f"{url!r} has an invalid host name {host!r}"
     if parts.scheme == "https":
         return None
     if parts.scheme == "http" and is_loopback_host(host):

@@ -401,3 +401,61 @@ def test_every_problem_is_reported_at_once() -> None:
     error = refuse(text)
     assert len(error.problems) >= 3
     assert [p.line for p in error.problems] == sorted(p.line for p in error.problems)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("sha256", f'"{HEX}\\n"'),  # `$` in a schema pattern matches before \n
+        ("version", '"1\\n"'),
+        ("component", '"agent\\n"'),
+        ("version", '"1\\u200b"'),  # zero-width space
+        ("version", '"\\u202e1"'),  # right-to-left override
+        ("component", '"a\\u00ad"'),  # soft hyphen
+    ],
+)
+def test_invisible_characters_are_refused_not_dropped(field: str, value: str) -> None:
+    entry = {
+        "component": "agent",
+        "version": '"1"',
+        "image": "r/a:v1",
+        "sha256": HEX,
+    }
+    entry[field] = value
+    text = "  - " + "\n    ".join(f"{k}: {v}" for k, v in entry.items()) + "\n"
+    error = refuse(manifest_with(text + component("other")))
+    assert "invisible" in str(error) or "not valid" in str(error), str(error)
+
+
+def test_no_component_ever_vanishes_from_a_valid_manifest() -> None:
+    text = manifest_with(component("a") + component("b") + component("c"))
+    manifest = parse_manifest(text.encode(), source="m")
+    assert [c.name for c in manifest.components] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("x", "x/y"), ("conf/app", "conf/app/extra.yaml"), ("A/b", "a/B/c")],
+)
+def test_a_destination_cannot_be_both_file_and_folder(first: str, second: str) -> None:
+    both = FILE.format(path=first) + FILE.format(path=second).replace(
+        "component: f", "component: g"
+    )
+    assert "both a file and a folder" in str(refuse(manifest_with(both)))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://cdn.example/caf\u00e9.sh",  # non-ASCII path: percent-encode it
+        "https://exa\u200bmple.com/s.sh",
+        "https://\u0435xample.com/s.sh",  # Cyrillic look-alike
+        f"https://{'a' * 64}.example/s.sh",
+        "https://cdn.example:0/s.sh",
+        "https://-bad-.example/s.sh",
+    ],
+)
+def test_urls_must_be_plain_ascii_with_a_valid_host(url: str) -> None:
+    text = manifest_with(SCRIPT.format(url=f'"{url}"', sha=HEX, size=1))
+    error = refuse(text)
+    assert "ASCII" in str(error) or "host" in str(error) or "port 0" in str(error)

@@ -54,6 +54,8 @@ from centops.agent.fsutil import atomic_write
 from centops.agent.manifest import (
     DEFAULT_MAX_HORIZON,
     DIGEST_PREFIX,
+    HEX64,
+    IMAGE_REFERENCE,
     MANIFEST_FILENAME,
     FileSource,
     ImageSource,
@@ -71,7 +73,7 @@ from centops.agent.yamlstrict import MAX_DOCUMENT_BYTES
 
 # CI's own ordering of versions, so that what `release` calls a downgrade is
 # exactly what `centops validate --base` calls one.
-from centops.tools.validate import _version_key
+from centops.tools.validate import version_key
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +98,6 @@ MANIFEST_MEDIA_TYPES = (
 _DOCKER_HUB = "docker.io"
 _DOCKER_HUB_API = "registry-1.docker.io"
 _CHANNEL = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_DOMAIN = (
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9-]+)*(?::\d{1,5})?"
-)
-_PATH_PART = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-_IMAGE = re.compile(
-    rf"(?P<repo>(?:{_DOMAIN}/)?{_PATH_PART}(?:/{_PATH_PART})*)"
-    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
-    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?"
-)
 _CHALLENGE_PARAM = re.compile(r'([A-Za-z_]+)="([^"]*)"')
 _SOURCE_KEYS = ("image", "sha256", "url", "size", "path")
 # Values YAML 1.1 or 1.2 would read as something other than text.
@@ -483,7 +475,7 @@ def _put(
     new_digest = _digest_of(item.source)
     downgrade = False
     if previous is not None:
-        if _version_key(item.version) < _version_key(previous.version):
+        if version_key(item.version) < version_key(previous.version):
             if not allow_downgrade:
                 raise ReleaseRefused(
                     f"{item.name} would move from {previous.version} to the older "
@@ -699,7 +691,7 @@ def check_release(
             before = old.component(component.name)
             if before is None:
                 continue
-            older = _version_key(component.version) < _version_key(before.version)
+            older = version_key(component.version) < version_key(before.version)
             if older and not component.downgrade:
                 problems.append(
                     f"{source}: {component.name} moves to the older "
@@ -966,8 +958,12 @@ class ImageReference:
 
 def parse_image_reference(text: str) -> ImageReference:
     """Split an image reference; raise :class:`ConfigError` if it is not one."""
-    match = _IMAGE.fullmatch(text)
-    if match is None:
+    match = IMAGE_REFERENCE.fullmatch(text)
+    digest = match["digest"] if match else None
+    if match is None or (
+        digest is not None
+        and not (digest.startswith(DIGEST_PREFIX) and HEX64.fullmatch(digest[7:]))
+    ):
         raise ConfigError(
             f"{text!r} is not an image reference",
             reason="usage",

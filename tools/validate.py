@@ -216,7 +216,7 @@ def _against_base(
             continue
         where = ("components", index, "version")
         if (
-            _version_key(component.version) < _version_key(previous.version)
+            version_key(component.version) < version_key(previous.version)
             and not component.downgrade
         ):
             found.append(
@@ -245,7 +245,7 @@ def _against_base(
 _VERSION = re.compile(r"v?(\d+(?:\.\d+)*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?")
 
 
-def _version_key(version: str) -> tuple[tuple[int, ...], int, str]:
+def version_key(version: str) -> tuple[tuple[int, ...], int, str]:
     """Order versions: numeric parts, then a pre-release before the release.
 
     Labels that are not version-shaped sort equal to each other, so no

@@ -45,7 +45,7 @@ from typing import Any
 
 from ..config import AgentConfig, TokenSource
 from ..errors import ConfigError, TransportError
-from ..gitsource import Credentials, git_environment, redact_url, run_git
+from ..gitsource import BareRepo, Credentials, redact_url
 from .deliver import SINK_GIT, DeliveryReport, Sleep, backoff_delay
 from .outbox import Outbox, PendingEvent
 
@@ -153,19 +153,20 @@ class GitResultsSink:
         self.branch = branch
         self.client_id = client_id
         self.path_in_branch = events_path(client_id)
-        self.repo = state_dir / RESULTS_REPO_DIR
-        self.credentials = credentials
-        self.timeout = timeout
+        self.bare = BareRepo(
+            state_dir / RESULTS_REPO_DIR,
+            credentials=credentials,
+            timeout=timeout,
+            extra_env={
+                "GIT_AUTHOR_NAME": f"centops-agent {client_id}",
+                "GIT_AUTHOR_EMAIL": f"{client_id}@clients.centops.invalid",
+                "GIT_COMMITTER_NAME": f"centops-agent {client_id}",
+                "GIT_COMMITTER_EMAIL": f"{client_id}@clients.centops.invalid",
+            },
+        )
         self.max_attempts = max(1, max_attempts)
         self.sleep = sleep
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
-        self.env = git_environment(credentials)
-        self.env.update(
-            GIT_AUTHOR_NAME=f"centops-agent {client_id}",
-            GIT_AUTHOR_EMAIL=f"{client_id}@clients.centops.invalid",
-            GIT_COMMITTER_NAME=f"centops-agent {client_id}",
-            GIT_COMMITTER_EMAIL=f"{client_id}@clients.centops.invalid",
-        )
 
     @classmethod
     def from_config(
@@ -276,7 +277,7 @@ class GitResultsSink:
             return _Attempt(pushed=True, commit=tip)  # already there: nothing to do
         commit = self._commit(tip, content, new)
         try:
-            self._git(
+            self.bare.git(
                 "push",
                 "--quiet",
                 "--no-verify",
@@ -293,38 +294,11 @@ class GitResultsSink:
 
     # -- git plumbing --------------------------------------------------------
 
-    def _git(
-        self,
-        *args: str,
-        what: str,
-        input_bytes: bytes | None = None,
-        env: dict[str, str] | None = None,
-    ) -> bytes:
-        return run_git(
-            ["--git-dir", str(self.repo), *args],
-            env=self.env if env is None else env,
-            timeout=self.timeout,
-            credentials=self.credentials,
-            input_bytes=input_bytes,
-            what=what,
-        )
-
-    def _ensure_repo(self) -> None:
-        if (self.repo / "HEAD").exists():
-            return
-        self.repo.parent.mkdir(parents=True, exist_ok=True)
-        run_git(
-            ["init", "--bare", "--quiet", str(self.repo)],
-            env=self.env,
-            timeout=self.timeout,
-            what="git init",
-        )
-
     def _fetch_tip(self) -> str | None:
         """Fetch the results branch at depth 1; None when it does not exist yet."""
-        self._ensure_repo()
+        self.bare.ensure()
         try:
-            self._git(
+            self.bare.git(
                 "fetch",
                 "--quiet",
                 "--no-tags",
@@ -340,7 +314,7 @@ class GitResultsSink:
             if "couldn't find remote ref" in exc.message.lower():
                 return None
             raise
-        out = self._git(
+        out = self.bare.git(
             "rev-parse",
             "--verify",
             "--quiet",
@@ -353,7 +327,7 @@ class GitResultsSink:
         """This client's file at ``tip`` (empty when absent), size-checked first."""
         name = f"{tip}:{self.path_in_branch}"
         check = (
-            self._git(
+            self.bare.git(
                 "cat-file",
                 "--batch-check",
                 what="git cat-file",
@@ -373,12 +347,12 @@ class GitResultsSink:
                 check[2],
             )
             return b""
-        return self._git("cat-file", "blob", check[0], what="git cat-file")
+        return self.bare.git("cat-file", "blob", check[0], what="git cat-file")
 
     def _commit(self, tip: str | None, content: bytes, new: int) -> str:
         """A commit whose tree is ``tip``'s with this client's file replaced."""
         blob = (
-            self._git(
+            self.bare.git(
                 "hash-object",
                 "-w",
                 "--stdin",
@@ -388,11 +362,13 @@ class GitResultsSink:
             .decode()
             .strip()
         )
-        with tempfile.TemporaryDirectory(dir=self.repo, prefix="index-") as scratch:
-            env = dict(self.env, GIT_INDEX_FILE=str(Path(scratch) / "index"))
+        with tempfile.TemporaryDirectory(
+            dir=self.bare.path, prefix="index-"
+        ) as scratch:
+            env = dict(self.bare.env, GIT_INDEX_FILE=str(Path(scratch) / "index"))
             if tip is not None:
-                self._git("read-tree", tip, what="git read-tree", env=env)
-            self._git(
+                self.bare.git("read-tree", tip, what="git read-tree", env=env)
+            self.bare.git(
                 "update-index",
                 "--add",
                 "--cacheinfo",
@@ -400,7 +376,7 @@ class GitResultsSink:
                 what="git update-index",
                 env=env,
             )
-            tree = self._git("write-tree", what="git write-tree", env=env)
+            tree = self.bare.git("write-tree", what="git write-tree", env=env)
         args = [
             "commit-tree",
             tree.decode().strip(),
@@ -409,24 +385,25 @@ class GitResultsSink:
         ]
         if tip is not None:
             args += ["-p", tip]
-        return self._git(*args, what="git commit-tree").decode().strip()
+        return self.bare.git(*args, what="git commit-tree").decode().strip()
 
     def _compact_if_needed(self) -> None:
         try:
-            out = self._git("count-objects", what="git count-objects").decode()
+            out = self.bare.git("count-objects", what="git count-objects").decode()
             loose = int(out.split(" ", 1)[0])
             if loose > COMPACT_LOOSE_OBJECTS:
-                self._git("reflog", "expire", "--expire=now", "--all", what="reflog")
-                self._git("gc", "--prune=now", "--quiet", what="git gc")
+                self.bare.compact()
         except (TransportError, ValueError) as exc:
-            logger.debug("telemetry: compacting %s skipped: %s", self.repo, exc)
+            logger.debug("telemetry: compacting %s skipped: %s", self.bare.path, exc)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[bool]:
         """Hold an exclusive, non-blocking lock on the results repository."""
-        self.repo.parent.mkdir(parents=True, exist_ok=True)
+        self.bare.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(
-            self.repo.parent / f"{RESULTS_REPO_DIR}.lock", os.O_CREAT | os.O_RDWR, 0o600
+            self.bare.path.parent / f"{RESULTS_REPO_DIR}.lock",
+            os.O_CREAT | os.O_RDWR,
+            0o600,
         )
         try:
             try:
