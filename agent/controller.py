@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from .config import AgentConfig
-from .errors import CentOpsError, InstallError, TransportError
+from .errors import (
+    CentOpsError,
+    ConfigError,
+    InstallError,
+    RemoteContentError,
+    TransportError,
+)
 from .fastpath import write_cache
 from .gitsource import Credentials, LocalMirror, remote_tip
 from .installers.base import (
@@ -139,6 +145,20 @@ class Controller:
                     "failed", exc.reason, exc.message, unreachable=True
                 )
                 self._finish(state, result, commit=state.seen_commit)
+            except RemoteContentError as exc:  # refused before a decision
+                result = SyncOutcome("refused", exc.reason, exc.message)
+                self._finish(state, result, commit=state.seen_commit)
+            except ConfigError as exc:  # a person must act; report it, then stop
+                failed = SyncOutcome("failed", exc.reason, exc.message)
+                self._finish(state, failed, commit=state.seen_commit)
+                raise
+            except Exception as exc:  # the backstop: record, report, re-raise
+                log.exception("sync failed unexpectedly")
+                failed = SyncOutcome(
+                    "failed", "internal-error", f"{type(exc).__name__}: {exc}"
+                )
+                self._finish(state, failed, commit=state.seen_commit)
+                raise
             if self.options.deliver_telemetry and self.config.telemetry.enabled:
                 self._deliver()
             return result
@@ -331,7 +351,14 @@ class Controller:
             started = time.monotonic()
             try:
                 did = self._install_one(state, component, serial)
-            except CentOpsError as exc:
+            except ConfigError:
+                raise
+            except Exception as exc:  # any fault fails this component, cleanly
+                if not isinstance(exc, CentOpsError):
+                    log.exception("%s: unexpected error", component.name)
+                    exc = InstallError(
+                        f"{type(exc).__name__}: {exc}", reason="internal-error"
+                    )
                 failure = exc
                 ms = int((time.monotonic() - started) * 1000)
                 outcome = "rolled-back" if exc.reason == "rolled-back" else "failed"

@@ -15,6 +15,7 @@ import hashlib
 import http.client
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -25,6 +26,9 @@ from .manifest import url_problem
 
 CHUNK = 64 * 1024
 MAX_REDIRECTS = 3
+# A download must average at least this rate, on top of the per-read
+# timeout, so a server dripping bytes cannot hold a sync for hours.
+MIN_BYTES_PER_SECOND = 32 * 1024
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ def _stream(
     progress: Progress,
     label: str,
 ) -> str:
+    deadline = time.monotonic() + options.timeout + size / MIN_BYTES_PER_SECOND
     response, conn = _open(url, options)
     try:
         declared = response.getheader("Content-Length")
@@ -106,7 +111,12 @@ def _stream(
         digest = hashlib.sha256()
         received = 0
         while True:
-            block = response.read(min(CHUNK, size + 1 - received))
+            if time.monotonic() > deadline:
+                raise TransportError(
+                    f"{url}: slower than {MIN_BYTES_PER_SECOND} bytes/s; gave up",
+                    reason="download-too-slow",
+                )
+            block = response.read1(min(CHUNK, size + 1 - received))
             if not block:
                 break
             received += len(block)
@@ -118,7 +128,7 @@ def _stream(
             digest.update(block)
             out.write(block)  # type: ignore[attr-defined]
             progress(label, received, size)
-    except (OSError, http.client.HTTPException) as exc:
+    except (OSError, http.client.HTTPException, ValueError) as exc:
         raise TransportError(
             f"{url}: download interrupted: {type(exc).__name__}: {exc}",
             reason="download-failed",
@@ -151,7 +161,10 @@ def _open(
         try:
             conn.request("GET", target, headers={"User-Agent": "centops-agent"})
             response = conn.getresponse()
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            # ValueError covers UnicodeError: a host or path http.client
+            # cannot encode (url_problem refuses those before, but a
+            # redirect is checked by the same rule and this is the backstop).
             conn.close()
             raise TransportError(
                 f"{current}: {type(exc).__name__}: {exc}",
@@ -161,7 +174,12 @@ def _open(
         if response.status in (301, 302, 303, 307, 308):
             location = response.getheader("Location") or ""
             conn.close()
-            current = urljoin(current, location)
+            try:
+                current = urljoin(current, location)
+            except ValueError as exc:
+                raise RemoteContentError(
+                    f"{url}: unusable redirect", reason="url-refused"
+                ) from exc
             continue
         if response.status != 200:
             conn.close()

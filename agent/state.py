@@ -22,7 +22,7 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -88,19 +88,54 @@ class AgentState:
             applied = body.pop("applied")
             last = body.pop("last_result")
             components = body.pop("components")
-            return cls(
+            state = cls(
                 **body,
                 applied=Applied(**applied) if applied else None,
                 last_result=LastResult(**last) if last else None,
                 components={k: InstalledRecord(**v) for k, v in components.items()},
             )
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            for part in (state, state.applied, state.last_result):
+                _check_types(part)
+            for record in state.components.values():
+                _check_types(record)
+            return state
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             raise ConfigError(
                 f"state file {source} is damaged ({type(exc).__name__}: {exc})",
                 reason="state-damaged",
                 hint="restore it from backup; deleting it forgets the anti-rollback "
                 "serial, so only do that for a client you re-provision",
             ) from exc
+
+
+_SIMPLE = {"int": int, "str": str, "bool": bool, "dict": dict}
+
+
+def _check_types(obj: object) -> None:
+    """TypeError unless each field holds what its annotation says.
+
+    The annotations here are plain (``int``, ``str | None``, ``dict[...]``,
+    or one of this module's dataclasses), so their text is enough to check.
+    """
+    if obj is None:
+        return
+    for item in fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, item.name)
+        allowed = [part.strip() for part in str(item.type).split("|")]
+        if not any(_matches(value, kind) for kind in allowed):
+            raise TypeError(f"{item.name} is {type(value).__name__}, not {item.type}")
+
+
+def _matches(value: object, kind: str) -> bool:
+    if kind == "None":
+        return value is None
+    base = kind.split("[", 1)[0]
+    if base in _SIMPLE:
+        wanted = _SIMPLE[base]
+        return isinstance(value, wanted) and (
+            wanted is bool or not isinstance(value, bool)
+        )
+    return type(value).__name__ == base
 
 
 class StateDir:

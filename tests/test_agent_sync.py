@@ -712,3 +712,102 @@ def test_idle_client_sends_a_heartbeat_when_due_and_only_then(
     assert events[-1]["subject"] == "stable/1"
     poll()
     assert len(results_branch_events(repo, "client-a")) == count + 1
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda s: s.update(highest_serial="5"),
+        lambda s: s.update(highest_serial=None),
+        lambda s: s.update(highest_serial=True),
+        lambda s: s.update(components={"x": {"name": 1}}),
+        lambda s: s.update(applied=[1, 2]),
+        lambda s: s.update(extra_field=1),
+        lambda s: s.update(last_result={"outcome": "succeeded"}),
+    ],
+    ids=[
+        "serial-text",
+        "serial-null",
+        "serial-bool",
+        "record",
+        "applied-list",
+        "unknown-field",
+        "partial-result",
+    ],
+)
+def test_damaged_state_is_refused_with_a_clear_error(
+    setup: tuple[ManifestRepo, FileServer, Path], tmp_path: Path, damage: Any
+) -> None:
+    repo, files, config = setup
+    repo.publish(basic_release(files))
+    assert sync(config).outcome == "succeeded"
+    path = tmp_path / "state/state.json"
+    body = json.loads(path.read_text())
+    damage(body)
+    path.write_text(json.dumps(body))
+    result = runner.invoke(app, ["sync", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "is damaged" in result.output
+
+
+def test_deeply_nested_state_is_refused_not_a_crash(
+    setup: tuple[ManifestRepo, FileServer, Path], tmp_path: Path
+) -> None:
+    _, _, config = setup
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state/state.json").write_text("[" * 100_000 + "]" * 100_000)
+    result = runner.invoke(app, ["sync", "--config", str(config)])
+    assert result.exit_code == 2 and "is damaged" in result.output
+
+
+def test_a_folder_in_the_way_fails_the_component_cleanly(
+    setup: tuple[ManifestRepo, FileServer, Path], tmp_path: Path
+) -> None:
+    repo, files, config = setup
+    (tmp_path / "files/policies/p.yaml").mkdir(parents=True)
+    repo.publish(basic_release(files))
+    result = sync(config)
+    assert result.outcome == "failed"
+    assert result.components[1].reason == "file-place-failed"
+    state = StateDir(tmp_path / "state").load()
+    assert state.last_result is not None and state.last_result.outcome == "failed"
+
+
+def test_hostile_download_servers_fail_the_component_cleanly(
+    setup: tuple[ManifestRepo, FileServer, Path], tmp_path: Path
+) -> None:
+    repo, files, config = setup
+    config.write_text(
+        config.read_text().replace("timeout_seconds: 5", "timeout_seconds: 1")
+    )
+    release = basic_release(files)
+    repo.publish(release)
+
+    def redirect_non_ascii(handler: Any) -> bool:
+        handler.send_response(302)
+        handler.send_header("Location", "/caf\u00e9.sh")
+        handler.end_headers()
+        return True
+
+    files.behaviour["/bootstrap-1.sh"] = redirect_non_ascii
+    result = sync(config)
+    assert result.outcome == "failed"
+    assert result.components[0].reason in ("url-refused", "download-failed")
+
+    def drip(handler: Any) -> bool:
+        body = MARKER_SCRIPT
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        for byte in body[:20]:
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+            time.sleep(0.5)
+        return True
+
+    files.behaviour["/bootstrap-1.sh"] = drip
+    started = time.monotonic()
+    result = sync(config)
+    assert result.components[0].reason == "download-too-slow"
+    assert time.monotonic() - started < 8
+    assert marker(tmp_path) == []

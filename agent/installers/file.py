@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from ..download import fetch_verified, sha256_of
-from ..errors import ConfigError, RemoteContentError
+from ..errors import InstallError, RemoteContentError
 from ..fsutil import fsync_dir
 from ..manifest import Component, FileSource, destination_problem
 from .base import InstallContext, InstalledRecord, InstallResult
@@ -78,22 +78,34 @@ class FileInstaller:
             label=component.name,
         )
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            _place(staged, ctx.config.files_root, source.path)
         except OSError as exc:
-            raise ConfigError(
-                f"cannot create {dest.parent}: {exc.strerror}", reason="files-root"
+            raise InstallError(
+                f"cannot place {source.path} under {ctx.config.files_root}: "
+                f"{exc.strerror or exc}",
+                reason="file-place-failed",
+                hint="something on this client occupies that path (a folder, "
+                "a file where a folder is needed, or missing permissions)",
             ) from exc
-        dest = confined_destination(ctx.config.files_root, source.path)  # re-check
-        fd, temp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-        try:
-            with os.fdopen(fd, "wb") as out, staged.open("rb") as src:
-                shutil.copyfileobj(src, out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(temp, 0o644)
-            os.replace(temp, dest)
-        finally:
-            Path(temp).unlink(missing_ok=True)
-        fsync_dir(dest.parent)
         staged.unlink(missing_ok=True)
         return InstallResult(detail={"path": str(dest)})
+
+
+def _place(staged: Path, root: Path, relative: str) -> None:
+    """Copy verified bytes to ``root/relative`` atomically; OSError on failure."""
+    dest = confined_destination(root, relative)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest = confined_destination(root, relative)  # re-check once folders exist
+    if dest.is_dir() and not dest.is_symlink():
+        raise IsADirectoryError(21, "a folder is in the way", str(dest))
+    fd, temp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out, staged.open("rb") as src:
+            shutil.copyfileobj(src, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temp, 0o644)
+        os.replace(temp, dest)
+    finally:
+        Path(temp).unlink(missing_ok=True)
+    fsync_dir(dest.parent)
