@@ -185,11 +185,24 @@ def test_fold_of_nothing_is_an_empty_fleet() -> None:
         b'{"id": "a", "type": "x", "time": "2025-01-01T00:00:00Z", '
         b'"data": {"client_id": "other", "channel": "s"}}',
         b"\xff\xfe",
+        b"[" * 200_000,  # nesting deep enough to exhaust a recursive parser
+        b'{"id": "' + b"a" * 70_000 + b'"}',
+        b'{"id": "a", "type": "x", "time": "9999-12-31T00:00:00Z", '
+        b'"data": {"client_id": "c", "channel": "s"}}',  # never stale otherwise
     ],
 )
 def test_hostile_lines_are_skipped(line: bytes) -> None:
     view = fleet.fold({"c": line + b"\n"}, now=NOW, stale_after=STALE_AFTER)
     assert view.clients == () and view.rejected == 1
+
+
+def test_a_client_cannot_hide_another_by_copying_its_event_ids() -> None:
+    victim = _event("victim", "update.succeeded", "succeeded", NOW - HOUR, serial=7)
+    thief = json.loads(json.dumps(victim))
+    thief["data"]["client_id"] = "a-thief"  # sorts first, same event id
+    files = {"a-thief": _jsonl([thief]), "victim": _jsonl([victim])}
+    view = fleet.fold(files, now=NOW, stale_after=STALE_AFTER)
+    assert [c.client_id for c in view.clients] == ["a-thief", "victim"]
 
 
 def test_html_escapes_what_clients_wrote() -> None:

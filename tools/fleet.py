@@ -131,6 +131,10 @@ class _Event:
     data: dict[str, Any]
 
 
+MAX_LINE_BYTES = 64 * 1024  # an event is far smaller (the outbox caps it)
+MAX_CLOCK_SKEW = timedelta(minutes=10)
+
+
 def parse_time(text: object) -> datetime | None:
     """An RFC 3339 timestamp as an aware UTC datetime; None when invalid."""
     if not isinstance(text, str) or len(text) > 64:
@@ -157,10 +161,14 @@ def fold(
     ``files`` maps a client id to the bytes of its ``events.jsonl``. A line
     counts only if it is a JSON object with a string ``id``, a ``type``, a
     valid ``time`` and ``data.client_id`` equal to the file's client (a file
-    never speaks for another client). The first copy of an id wins; later
-    copies, even rewritten ones, are counted as duplicates and ignored.
+    never speaks for another client). Within a client, the first copy of an
+    id wins; later copies, even rewritten ones, are counted as duplicates and
+    ignored. Ids are per client, so one client cannot hide another's events
+    by copying their ids. Events stamped later than ``now`` plus
+    MAX_CLOCK_SKEW are refused: they would keep a client from ever looking
+    stale.
     """
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     duplicates = rejected = 0
     per_client: dict[str, list[_Event]] = {}
     notes: list[str] = []
@@ -174,14 +182,14 @@ def fold(
             if not line.strip():
                 continue
             event = _parse_event(line, client_id)
-            if event is None:
+            if event is None or event[1].time > now + MAX_CLOCK_SKEW:
                 rejected += 1
                 continue
             event_id, parsed = event
-            if event_id in seen:
+            if (client_id, event_id) in seen:
                 duplicates += 1
                 continue
-            seen.add(event_id)
+            seen.add((client_id, event_id))
             order += 1
             per_client.setdefault(client_id, []).append(
                 _Event(parsed.time, order, parsed.type, parsed.data)
@@ -202,9 +210,11 @@ def fold(
 
 
 def _parse_event(line: bytes, client_id: str) -> tuple[str, _Event] | None:
+    if len(line) > MAX_LINE_BYTES:
+        return None
     try:
         value = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(value, dict):
         return None
