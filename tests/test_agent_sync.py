@@ -811,3 +811,22 @@ def test_hostile_download_servers_fail_the_component_cleanly(
     assert result.components[0].reason == "download-too-slow"
     assert time.monotonic() - started < 8
     assert marker(tmp_path) == []
+
+
+def test_a_frozen_repository_is_noticed_when_the_manifest_expires(
+    setup: tuple[ManifestRepo, FileServer, Path], tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from centops.agent.controller import SyncOptions
+
+    repo, files, config = setup
+    repo.publish(basic_release(files))  # expires in 7 days
+    assert sync(config).outcome == "succeeded"
+    later = datetime.now(UTC) + timedelta(days=8)
+    frozen = Controller(load_config(config), options=SyncOptions(now=lambda: later))
+    result = frozen.sync()
+    assert (result.outcome, result.reason) == ("stale", "expired")
+    assert (tmp_path / "files/policies/p.yaml").exists()  # nothing removed
+    again = Controller(load_config(config), options=SyncOptions(now=lambda: later))
+    assert again.sync().outcome == "up-to-date"  # reported once, not every poll
