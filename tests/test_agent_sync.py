@@ -664,7 +664,12 @@ def test_run_syncs_on_a_timer_and_stops_cleanly_on_sigterm(
     try:
         wait_for(lambda: (tmp_path / "state/last-poll").exists(), timeout=60)
         repo.publish(basic_release(files, serial=2, version="2"))
-        wait_for(lambda: StateDir(tmp_path / "state").load().highest_serial == 2)
+
+        def serial_two_done() -> bool:
+            last = StateDir(tmp_path / "state").load().last_result
+            return last is not None and (last.serial, last.outcome) == (2, "succeeded")
+
+        wait_for(serial_two_done)
     finally:
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=30)[0].decode()

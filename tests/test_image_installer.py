@@ -185,7 +185,9 @@ def _image_present(client: docker.DockerClient, reference: str) -> bool:
 def test_pull_by_digest_records_the_pin_and_tags_the_image_locally(
     stack: Stack, client: docker.DockerClient, app_binary: bytes, tmp_path: Path
 ) -> None:
-    repository, digest = _push(stack, app_binary, "pull/plain", "1.0")
+    # A layer no earlier test pulled, so the engine really downloads it.
+    fresh = app_binary + uuid.uuid4().bytes
+    repository, digest = _push(stack, fresh, "pull/plain", "1.0")
     component = _component("plain", repository, digest, "1.0")
     seen: list[tuple[str, int, int | None]] = []
     ctx = _context(
