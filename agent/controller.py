@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import AgentConfig
 from .errors import (
@@ -49,9 +49,10 @@ from .telemetry.events import ComponentOutcome, make_event
 from .telemetry.outbox import Outbox
 from .timeutil import format_timestamp, parse_timestamp
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from .trust import Decision
 
-COMPACT_EVERY_COMMITS = 50
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -288,8 +289,7 @@ class Controller:
         )
         result.history_rewritten = fetched.history_rewritten
         self._finish(state, result, commit=commit, sha=manifest.sha256, extra=extra)
-        if manifest.serial % COMPACT_EVERY_COMMITS == 0:
-            mirror.compact()
+        mirror.compact_if_needed(max_loose_objects=200)
         return result
 
     def _decide(
@@ -299,7 +299,7 @@ class Controller:
         bundle_bytes: bytes | None,
         now: datetime,
         path: str,
-    ) -> Any:
+    ) -> Decision:
         from .signing import IdentityPolicy, verify_manifest_signature
         from .trust import TrustState, decide
 

@@ -23,6 +23,7 @@ make it write.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import resource
@@ -38,6 +39,7 @@ MAX_FETCH_FILE_BYTES = 256 * 1024 * 1024
 MAX_BLOB_BYTES = 1024 * 1024
 ANCESTRY_PROBE_DEPTH = 64
 FETCHED_REF = "refs/centops/head"
+log = logging.getLogger(__name__)
 _OID = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 
 
@@ -296,6 +298,15 @@ class BareRepo:
         """Drop objects no longer reachable from the refs kept."""
         self.git("reflog", "expire", "--expire=now", "--all", what="git reflog")
         self.git("gc", "--prune=now", "--quiet", what="git gc")
+
+    def compact_if_needed(self, *, max_loose_objects: int = 1000) -> None:
+        """Compact once loose objects pile up; never fails the caller."""
+        try:
+            out = self.git("count-objects", what="git count-objects").decode()
+            if int(out.split(" ", 1)[0]) > max_loose_objects:
+                self.compact()
+        except (TransportError, ValueError) as exc:
+            log.debug("compacting %s skipped: %s", self.path, exc)
 
 
 class LocalMirror(BareRepo):

@@ -235,7 +235,7 @@ class GitResultsSink:
                     (outcome.commit or "-")[:12],
                     attempt,
                 )
-                self._compact_if_needed()
+                self.bare.compact_if_needed(max_loose_objects=COMPACT_LOOSE_OBJECTS)
                 return self._report(
                     outbox, attempts=attempt, delivered=len(pending), error=None
                 )
@@ -386,15 +386,6 @@ class GitResultsSink:
         if tip is not None:
             args += ["-p", tip]
         return self.bare.git(*args, what="git commit-tree").decode().strip()
-
-    def _compact_if_needed(self) -> None:
-        try:
-            out = self.bare.git("count-objects", what="git count-objects").decode()
-            loose = int(out.split(" ", 1)[0])
-            if loose > COMPACT_LOOSE_OBJECTS:
-                self.bare.compact()
-        except (TransportError, ValueError) as exc:
-            logger.debug("telemetry: compacting %s skipped: %s", self.bare.path, exc)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[bool]:
