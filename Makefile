@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test lint typecheck unit bench clean
+.PHONY: setup system-deps test-deps demo test lint typecheck unit bench clean
 
 setup: $(STAMP)
 
@@ -16,13 +16,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Debian packages for the real container stack (Docker Engine, registry, gcc).
+# Debian packages for the real container stack (Docker Engine, registry, gcc);
+# the tests also need Chromium (headless) for the fleet report.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
-	@if [ "$$(id -u)" = 0 ]; then bash tools/stack/install.sh; \
-	else sudo bash tools/stack/install.sh; fi
+	$(SUDO) bash tools/stack/install.sh
 
+test-deps:
+	$(SUDO) bash tools/stack/install.sh --with-browser
+
+# make demo DEMO_ARGS="--dir /tmp/centops-demo"
 demo: setup system-deps
-	$(BIN)/python -m centops.tools.demo
+	$(BIN)/python -m centops.tools.demo $(DEMO_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
@@ -37,7 +42,7 @@ typecheck: setup
 	@ln -sfn ../../../schemas build/typecheck/centops/schemas
 	$(BIN)/mypy -p centops.agent -p centops.tools
 
-unit: setup system-deps
+unit: setup test-deps
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
 
 test: lint typecheck unit

@@ -158,13 +158,17 @@ def init(
 
     Example: centops-agent init /etc/centops/agent.yaml
     """
+    from importlib import resources
+
     from .fsutil import atomic_write
-    from .templates import CONFIG_TEMPLATE
+    from .templates import config_template
 
     if path.exists() and not force:
         typer.echo(f"{path} exists; use --force to overwrite", err=True)
         raise typer.Exit(EXIT_CONFIG)
-    atomic_write(path, CONFIG_TEMPLATE.encode(), mode=0o600)
+    root = resources.files("centops.agent") / "trustroots/public-good.trusted_root.json"
+    text = config_template(trusted_root=str(root))
+    atomic_write(path, text.encode(), mode=0o600)
     typer.echo(f"wrote {path}; edit it, then run: centops-agent check -c {path}")
 
 

@@ -182,8 +182,8 @@ class Controller:
                 f"branch {config.repository.branch!r} not found on the repository",
                 reason="git-ref-missing",
             )
+        self._touch_last_poll(now)
         if not needs_work(state, config, tip, now) and not self._outbox_pending():
-            self._touch_last_poll(now)
             if heartbeat_due(state, config, now):
                 self._emit(
                     "client.alive", "reported", serial=state.highest_serial, commit=tip

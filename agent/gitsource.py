@@ -158,7 +158,7 @@ def run_git(
         raise TransportError(
             f"{what} failed: {detail[-600:] or f'exit {done.returncode}'}",
             reason=_classify(detail),
-            hint="the agent keeps what is installed and retries on the next poll",
+            hint="check the repository URL, the token and the network",
         )
     return done.stdout
 

@@ -1,5 +1,11 @@
 """The commented configuration ``centops-agent init`` writes."""
 
+
+def config_template(*, trusted_root: str) -> str:
+    """The commented configuration, pointing at ``trusted_root``."""
+    return CONFIG_TEMPLATE.replace("{trusted_root}", trusted_root)
+
+
 CONFIG_TEMPLATE = """\
 # centops-agent configuration. Checked against schemas/agent-config.schema.json.
 # Relative paths are relative to this file. No secret belongs here: tokens are
@@ -16,8 +22,9 @@ repository:
   timeout_seconds: 60
 
 trust:
-  # Pinned Sigstore trust root: never refreshed from the network.
-  trusted_root: /usr/share/centops/public-good.trusted_root.json
+  # Pinned Sigstore trust root: never refreshed from the network. This is
+  # the public-good root shipped with the agent; a private deployment pins its own.
+  trusted_root: {trusted_root}
   issuer: https://token.actions.githubusercontent.com
   identities:                  # exact signer identities (the sign workflow on main)
     - https://github.com/centops/fleet/.github/workflows/sign.yml@refs/heads/main

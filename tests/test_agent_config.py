@@ -38,6 +38,7 @@ def test_init_writes_a_commented_configuration_that_loads(tmp_path: Path) -> Non
     assert "# centops-agent configuration" in target.read_text()
     config = load_config(target)
     assert config.channel == "stable" and config.poll.frequency_seconds == 3600
+    assert config.trust.trusted_root.is_file()  # the shipped public-good root
     assert target.stat().st_mode & 0o077 == 0
     assert runner.invoke(app, ["init", str(target)]).exit_code == 2  # no overwrite
 

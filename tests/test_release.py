@@ -647,6 +647,15 @@ def test_promote_one_component_with_dry_run_then_branch(git_root: Path) -> None:
     assert [c.name for c in target.components] == ["telemetry-agent", "pipeline-runner"]
 
 
+def test_promoting_what_the_target_already_has_is_refused(repo_root: Path) -> None:
+    assert release("promote", "--from", "canary", "--to", "stable").exit_code == 0
+    before = stable(repo_root)
+    again = release("promote", "--from", "canary", "--to", "stable")
+    assert again.exit_code == 1
+    assert "nothing to promote" in again.output
+    assert stable(repo_root) == before
+
+
 def test_promote_unknown_component_is_a_usage_error(repo_root: Path) -> None:
     result = release("promote", "--from", "canary", "--to", "stable",
                      "--component", "nope")  # fmt: skip

@@ -27,6 +27,7 @@ import contextlib
 import http.server
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -428,8 +429,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not (repo_root / "manifests").is_dir():
         raise SystemExit("demo: run it from the repository (no manifests/ here)")
     out = args.dir or Path("demo-out") / time.strftime("%Y%m%d-%H%M%S")
-    with _timer():
-        Demo(out.resolve(), repo_root).main()
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # unwinds every `with`: all servers stop
+
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        with _timer():
+            Demo(out.resolve(), repo_root).main()
+    except KeyboardInterrupt:
+        raise SystemExit(
+            f"\ndemo interrupted; everything it started is stopped; files in {out}"
+        ) from None
 
 
 if __name__ == "__main__":

@@ -383,6 +383,14 @@ def plan_promotion(
         )
         for c in chosen
     )
+    if old is not None and all(
+        c.old_version == c.new_version and c.old_digest == c.new_digest for c in changes
+    ):
+        raise ReleaseRefused(
+            f"nothing to promote: {target_channel} already has these components "
+            f"of {source_channel} at the same versions and digests",
+            reason="nothing-to-promote",
+        )
     return _finish(
         document,
         old=old,
