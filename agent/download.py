@@ -14,21 +14,24 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import socket
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urljoin, urlsplit
 
 from .errors import RemoteContentError, TransportError
 from .installers.base import Progress, no_progress
 from .manifest import url_problem
+from .netutil import connected_socket, hard_deadline
 
 CHUNK = 64 * 1024
 MAX_REDIRECTS = 3
 # A download must average at least this rate, on top of the per-read
 # timeout, so a server dripping bytes cannot hold a sync for hours.
 MIN_BYTES_PER_SECOND = 32 * 1024
+HEADER_DEADLINE_FACTOR = 3  # status line and headers: a few read timeouts
 
 
 @dataclass(frozen=True)
@@ -91,44 +94,41 @@ def fetch_verified(
 
 def _stream(
     url: str,
-    out: object,
+    out: BinaryIO,
     *,
     size: int,
     options: DownloadOptions,
     progress: Progress,
     label: str,
 ) -> str:
-    deadline = time.monotonic() + options.timeout + size / MIN_BYTES_PER_SECOND
-    response, conn = _open(url, options)
+    response, conn, sock = _open(url, options)
+    allowed = options.timeout + size / MIN_BYTES_PER_SECOND
+    digest = hashlib.sha256()
+    received = 0
     try:
-        declared = response.getheader("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > size:
-            raise RemoteContentError(
-                f"{url}: server announces {declared} bytes, the manifest declares "
-                f"{size}",
-                reason="size-mismatch",
-            )
-        digest = hashlib.sha256()
-        received = 0
-        while True:
-            if time.monotonic() > deadline:
-                raise TransportError(
-                    f"{url}: slower than {MIN_BYTES_PER_SECOND} bytes/s; gave up",
-                    reason="download-too-slow",
-                )
-            block = response.read1(min(CHUNK, size + 1 - received))
-            if not block:
-                break
-            received += len(block)
-            if received > size:
+        with hard_deadline(sock, allowed) as cut:
+            declared = response.getheader("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) > size:
                 raise RemoteContentError(
-                    f"{url}: more than the declared {size} bytes; stopped reading",
+                    f"{url}: server announces {declared} bytes, the manifest "
+                    f"declares {size}",
                     reason="size-mismatch",
                 )
-            digest.update(block)
-            out.write(block)  # type: ignore[attr-defined]
-            progress(label, received, size)
+            while block := response.read1(min(CHUNK, size + 1 - received)):
+                received += len(block)
+                if received > size:
+                    raise RemoteContentError(
+                        f"{url}: more than the declared {size} bytes; stopped reading",
+                        reason="size-mismatch",
+                    )
+                digest.update(block)
+                out.write(block)
+                progress(label, received, size)
+        if cut.is_set():  # the cut socket reads as end of file
+            raise _too_slow(url)
     except (OSError, http.client.HTTPException, ValueError) as exc:
+        if cut.is_set():
+            raise _too_slow(url) from exc
         raise TransportError(
             f"{url}: download interrupted: {type(exc).__name__}: {exc}",
             reason="download-failed",
@@ -143,9 +143,16 @@ def _stream(
     return digest.hexdigest()
 
 
+def _too_slow(url: str) -> TransportError:
+    return TransportError(
+        f"{url}: slower than {MIN_BYTES_PER_SECOND} bytes/s on average; gave up",
+        reason="download-too-slow",
+    )
+
+
 def _open(
     url: str, options: DownloadOptions
-) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
+) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection, socket.socket]:
     current = url
     for _ in range(MAX_REDIRECTS + 1):
         problem = url_problem(current, allow_insecure_http=options.allow_insecure_http)
@@ -159,8 +166,10 @@ def _open(
         if parts.query:
             target += "?" + parts.query
         try:
-            conn.request("GET", target, headers={"User-Agent": "centops-agent"})
-            response = conn.getresponse()
+            sock = connected_socket(conn)
+            with hard_deadline(sock, HEADER_DEADLINE_FACTOR * options.timeout):
+                conn.request("GET", target, headers={"User-Agent": "centops-agent"})
+                response = conn.getresponse()
         except (OSError, http.client.HTTPException, ValueError) as exc:
             # ValueError covers UnicodeError: a host or path http.client
             # cannot encode (url_problem refuses those before, but a
@@ -186,7 +195,7 @@ def _open(
             raise TransportError(
                 f"{current}: HTTP {response.status}", reason="download-failed"
             )
-        return response, conn
+        return response, conn, sock
     raise RemoteContentError(f"{url}: too many redirects", reason="url-refused")
 
 

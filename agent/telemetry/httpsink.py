@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 from ..config import HttpSinkConfig
 from ..errors import ConfigError
 from ..gitsource import redact_url
+from ..netutil import connected_socket, hard_deadline
 from .deliver import SINK_HTTP, DeliveryReport, Sleep, backoff_delay
 from .outbox import Outbox, PendingEvent
 
@@ -51,6 +52,8 @@ CONTENT_TYPE_BATCH = "application/cloudevents-batch+json"
 MAX_BATCH_EVENTS = 100
 MAX_BATCH_BYTES = 1024 * 1024
 MAX_EVENTS_PER_RUN = 1000
+# One exchange may take at most this many times the per-read timeout.
+DEADLINE_FACTOR = 3
 MAX_RESPONSE_BYTES = 64 * 1024
 MAX_ERROR_BODY_CHARS = 2000
 MAX_RETRY_AFTER_SECONDS = 60.0
@@ -305,10 +308,15 @@ class HttpSink:
         if self._token is not None:
             headers["Authorization"] = f"Bearer {self._token}"
         connection = self._connection()
+        # Per-read timeouts do not bound a receiver that drips its answer.
+        limit = DEADLINE_FACTOR * float(self.config.timeout_seconds)
         try:
-            connection.request("POST", self.endpoint.target, body=body, headers=headers)
-            response = connection.getresponse()
-            raw = response.read(MAX_RESPONSE_BYTES)
+            with hard_deadline(connected_socket(connection), limit):
+                connection.request(
+                    "POST", self.endpoint.target, body=body, headers=headers
+                )
+                response = connection.getresponse()
+                raw = response.read(MAX_RESPONSE_BYTES)
             return _Answer(
                 status=response.status,
                 body=_printable(raw),
