@@ -50,12 +50,19 @@ def progress_sink(*, enabled: bool = True) -> Iterator[Progress]:
 
 
 class _LineProgress:
-    """Logs one line per item when it completes (no terminal to draw on)."""
+    """Logs one line per download when it completes (no terminal to draw on).
+
+    Image pulls report per layer and stage ("<component> <stage> <layer>");
+    the image installer logs its own one line per pull, so those are not
+    repeated here.
+    """
 
     def __init__(self) -> None:
         self.done: set[str] = set()
 
     def __call__(self, label: str, done: int, total: int | None) -> None:
+        if " " in label:
+            return
         if total is not None and done >= total and label not in self.done:
             self.done.add(label)
             log.info("fetched %s (%d bytes)", label, done)
