@@ -33,7 +33,7 @@ import typer
 from . import __version__
 from .config import CONFIG_ENV, AgentConfig, config_path, load_config
 from .errors import CentOpsError, ConfigError, RemoteContentError, TransportError
-from .state import StateLocked
+from .state import StateDir, StateLocked
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -127,7 +127,20 @@ def _setup_logging(fmt: str, level: int) -> None:
 
 
 def _config(path: Path | None) -> AgentConfig:
-    return load_config(config_path(path))
+    """The configuration; schema-checked unless these exact bytes already were.
+
+    A sync records the digest of the configuration it ran with, and only a
+    configuration that passed the schema ever runs, so equal bytes need no
+    second check (it costs about 0.1 s, mostly importing jsonschema).
+    """
+    target = config_path(path)
+    try:
+        quick = load_config(target, validate=False)
+    except (CentOpsError, LookupError, TypeError, ValueError):
+        return load_config(target)  # reports what is wrong, with positions
+    if StateDir(quick.state_dir).config_digest() == quick.sha256:
+        return quick
+    return load_config(target)
 
 
 def _exit_for(exc: CentOpsError) -> int:

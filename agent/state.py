@@ -164,6 +164,13 @@ class StateDir:
             return AgentState()
         return AgentState.from_json(raw, source=self.state_file)
 
+    def config_digest(self) -> str | None:
+        """The digest of the configuration the last sync ran with, if readable."""
+        try:
+            return self.load().config_sha256
+        except (ConfigError, OSError):
+            return None
+
     def save(self, state: AgentState) -> None:
         atomic_write(self.state_file, state.to_json(), mode=0o600)
 
