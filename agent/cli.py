@@ -291,9 +291,14 @@ def run(
             code = _sync_once(cfg, as_json=False, stop=stop)
         except typer.Exit as exc:
             code = exc.exit_code
-        if code in (EXIT_CONFIG, EXIT_LOCKED) or once_then_exit:
-            raise typer.Exit(code)
-        failures = failures + 1 if code in (EXIT_FAILED, EXIT_UNREACHABLE) else 0
+        except Exception:  # keep the timer alive; the sync recorded what failed
+            log.exception("sync failed unexpectedly")
+            code = EXIT_FAILED
+        if code == EXIT_CONFIG or once_then_exit:
+            raise typer.Exit(code)  # a person must act first
+        # A locked state directory (someone ran `sync` by hand) is retried.
+        retry = (EXIT_FAILED, EXIT_UNREACHABLE, EXIT_LOCKED)
+        failures = failures + 1 if code in retry else 0
         delay = next_delay(cfg, failures)
         log.info("next sync in %.0f s", delay)
         stop.wait(delay)

@@ -2,12 +2,13 @@
 
 The configuration names where secrets come from (an environment variable or a
 file), never a secret itself. Relative paths are resolved against the folder
-of the configuration file. The design note's ``update_notification`` and
-``update_execution`` blocks are accepted as written.
+of the configuration file. The ``update_notification`` and
+``update_execution`` blocks of the first CentOps configuration format are
+accepted as written (``update_notification.endpoint`` is the repository URL).
 
 :func:`load_config` validates with the JSON Schema (which imports jsonschema,
-tens of milliseconds); the no-op poll uses :func:`read_config` with
-``validate=False`` when the file's digest matches one already validated.
+tens of milliseconds) unless ``validate=False``; the no-op poll does not read
+this file's model at all (see :mod:`.fastpath`).
 """
 
 from __future__ import annotations
@@ -269,7 +270,7 @@ def _build(v: dict[str, Any], base: Path, path: Path, digest: str) -> AgentConfi
     telemetry_on = tele.get("enabled", True) and execution.get(
         "post_update_telemetry", True
     )
-    return AgentConfig(
+    config = AgentConfig(
         client_id=v["client_id"],
         channel=v["channel"],
         repository=RepositoryConfig(
@@ -346,6 +347,26 @@ def _build(v: dict[str, Any], base: Path, path: Path, digest: str) -> AgentConfi
         source=path,
         sha256=digest,
     )
+    _check_files(config, path)
+    return config
+
+
+def _check_files(config: AgentConfig, path: Path) -> None:
+    """Local files the configuration names must be readable now, so a typo
+    is a configuration error and not a network failure retried forever."""
+    named = {
+        "repository.ca_bundle": config.repository.ca_bundle,
+        "downloads.ca_bundle": config.download_ca_bundle,
+        "telemetry.http.ca_bundle": config.telemetry.http.ca_bundle
+        if config.telemetry.http
+        else None,
+    }
+    for field_name, file in named.items():
+        if file is not None and not file.is_file():
+            raise ConfigError(
+                f"{path}: {field_name} {file} is not a readable file",
+                reason="config-invalid",
+            )
 
 
 def _check_repository_url(url: str, path: Path, insecure_http: bool) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,9 +44,16 @@ from .installers.base import (
     no_progress,
 )
 from .manifest import BUNDLE_SUFFIX, Component
-from .state import SETTLED_OUTCOMES, AgentState, Applied, LastResult, StateDir
+from .state import (
+    SETTLED_OUTCOMES,
+    AgentState,
+    Applied,
+    ChannelMark,
+    LastResult,
+    StateDir,
+)
 from .telemetry.events import ComponentOutcome, make_event
-from .telemetry.outbox import Outbox
+from .telemetry.outbox import EventTooLarge, Outbox
 from .timeutil import format_timestamp, parse_timestamp
 
 if TYPE_CHECKING:
@@ -238,11 +245,17 @@ class Controller:
         assert manifest is not None and manifest_bytes is not None  # noqa: S101
 
         # 5. Store and raise the serial before installing anything.
-        if not decision.is_resume or state.applied is None:
+        applied = state.applied
+        if decision.is_resume and applied and applied.sha256 == manifest.sha256:
+            applied.commit = commit  # the same manifest, reached by a new commit
+        else:
             self.dirs.store_manifest(
                 manifest.serial, manifest_bytes, bundle_bytes or b""
             )
             state.highest_serial = manifest.serial
+            state.channels[manifest.channel] = ChannelMark(
+                manifest.serial, manifest.sha256
+            )
             state.applied = Applied(
                 serial=manifest.serial,
                 sha256=manifest.sha256,
@@ -256,7 +269,6 @@ class Controller:
                 manifest.serial,
                 commit[:12],
             )
-        state.applied.commit = commit
         state.channel = manifest.channel
         self.dirs.save(state)
         self._emit(
@@ -304,6 +316,7 @@ class Controller:
         from .trust import TrustState, decide
 
         trust = self.config.trust
+        mark = state.mark(self.config.channel)
         policy = IdentityPolicy(
             issuer=trust.issuer,
             identities=trust.identities,
@@ -324,8 +337,8 @@ class Controller:
             bundle_bytes=bundle_bytes,
             state=TrustState(
                 channel=self.config.channel,
-                highest_serial=state.highest_serial,
-                accepted_sha256=state.applied.sha256 if state.applied else None,
+                highest_serial=mark.serial if mark else 0,
+                accepted_sha256=mark.sha256 if mark else None,
             ),
             now=now,
             clock_skew=timedelta(seconds=trust.clock_skew_seconds),
@@ -351,8 +364,6 @@ class Controller:
             started = time.monotonic()
             try:
                 did = self._install_one(state, component, serial)
-            except ConfigError:
-                raise
             except Exception as exc:  # any fault fails this component, cleanly
                 if not isinstance(exc, CentOpsError):
                     log.exception("%s: unexpected error", component.name)
@@ -409,7 +420,7 @@ class Controller:
         self.dirs.save(state)
         self._emit(
             f"component.{result.outcome}",
-            "started",
+            "reported",
             serial=serial,
             components=[self._outcome(component, result.outcome, 0)],
         )
@@ -510,10 +521,13 @@ class Controller:
         message: str | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
+        """Queue one event. Telemetry never changes what a sync did: a failure
+        to record it is logged, not raised."""
         if not self.config.telemetry.enabled or not self.outbox.sinks:
             return
-        self.outbox.emit(
-            make_event(
+
+        def build(parts: list[ComponentOutcome] | None) -> dict[str, Any]:
+            return make_event(
                 kind=kind,
                 client_id=self.config.client_id,
                 channel=self.config.channel,
@@ -521,13 +535,21 @@ class Controller:
                 serial=serial,
                 manifest_sha256=sha,
                 commit=commit,
-                components=components,
+                components=parts,
                 reason=reason,
                 message=message,
                 extra=extra,
                 now=self.options.now(),
             )
-        )
+
+        try:
+            try:
+                self.outbox.emit(build(components))
+            except EventTooLarge:
+                # A manifest of many components: keep those that need a look.
+                self.outbox.emit(build(_notable(components or [])))
+        except (OSError, ValueError) as exc:
+            log.warning("telemetry event %s not recorded: %s", kind, exc)
 
     def _outbox_pending(self) -> bool:
         return any(self.outbox.counts().values())
@@ -548,6 +570,15 @@ class Controller:
 
     def _touch_last_poll(self, now: datetime) -> None:
         write_last_poll(self.dirs.last_poll, now)
+
+
+def _notable(components: list[ComponentOutcome]) -> list[ComponentOutcome]:
+    """The components whose outcome is news, with short messages."""
+    return [
+        replace(c, message=(c.message or "")[:200] or None)
+        for c in components
+        if c.outcome not in ("current", "skipped")
+    ][:32]
 
 
 def write_last_poll(path: Path, now: datetime) -> None:

@@ -35,7 +35,9 @@ CONFIG_ENV = "CENTOPS_AGENT_CONFIG"
 CACHE_ENV = "CENTOPS_AGENT_CACHE_DIR"
 DEFAULT_CONFIG = "/etc/centops/agent.yaml"
 MAX_READ = 4 * 1024 * 1024
-SETTLED = ("succeeded", "refused", "stale")
+SETTLED = ("succeeded", "refused", "stale")  # as state.SETTLED_OUTCOMES
+MAX_TOKEN_BYTES = 16 * 1024  # as config.MAX_TOKEN_BYTES
+_BREAKS = frozenset("\r\n\0")
 
 
 def parse_sync_argv(argv: list[str]) -> tuple[bool, str | None]:
@@ -116,9 +118,9 @@ def try_noop(explicit: str | None) -> bool:
         return False
 
 
-def _read(path: str) -> bytes:
+def _read(path: str, limit: int = MAX_READ) -> bytes:
     with open(path, "rb") as handle:
-        return handle.read(MAX_READ)
+        return handle.read(limit)
 
 
 def _noop(explicit: str | None) -> bool:
@@ -167,9 +169,11 @@ def _noop(explicit: str | None) -> bool:
         secret = (
             os.environ.get(token["env"], "")
             if token["env"]
-            else _read(token["file"]).decode().strip()
+            else _read(token["file"], MAX_TOKEN_BYTES + 1).decode().strip()
         )
-        if not secret:
+        # The same rules as TokenSource.read: anything odd goes to the full
+        # path, which reports it.
+        if not secret or len(secret) > MAX_TOKEN_BYTES or _BREAKS.intersection(secret):
             return False
         authorization = auth_header(
             secret, username=token["username"], scheme=token["scheme"]

@@ -32,7 +32,7 @@ from . import schemas, yamlstrict
 from .errors import RemoteContentError
 from .timeutil import TIMESTAMP as _TIMESTAMP
 from .timeutil import format_timestamp, parse_timestamp
-from .yamlstrict import Document, Path, Position
+from .yamlstrict import Document, Path
 
 MANIFEST_FILENAME = "manifest.yaml"
 BUNDLE_SUFFIX = ".sigstore.json"
@@ -635,9 +635,3 @@ def time_problems(
             )
         )
     return found
-
-
-def position_of_field(data: bytes, *, source: str, key: str) -> Position:
-    """Where top-level ``key`` is written in an already valid manifest."""
-    document = yamlstrict.load(data, source=source)
-    return document.position_of((key,))

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 MAX_BUNDLE_BYTES = 64 * 1024
 MAX_TRUSTED_ROOT_BYTES = 1024 * 1024
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
+# Fulcio's certificate extension carrying the OIDC issuer (raw UTF-8).
+FULCIO_ISSUER_OID = "1.3.6.1.4.1.57264.1.1"
 
 # Sigstore's messages are not an API; these map the failure steps they name to
 # our stable codes. Only the first line of a message is searched, the first
@@ -170,9 +172,9 @@ def verify_manifest_signature(
     recorder = _PolicyRecorder(_sigstore_policy(policy))
     try:
         verifier.verify_artifact(manifest, parsed, recorder)
+        return _summary(parsed, manifest)
     except Exception as exc:  # fail closed on every exception
         raise _classified(exc, recorder, policy) from exc
-    return _summary(parsed, manifest)
 
 
 class _PolicyRecorder:
@@ -252,7 +254,7 @@ def _summary(bundle: Any, manifest: bytes) -> VerifiedSignature:
     )
     try:
         raw = cert.extensions.get_extension_for_oid(
-            ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
+            ObjectIdentifier(FULCIO_ISSUER_OID)
         ).value.value
         issuer = raw.decode("utf-8", "replace")
     except ExtensionNotFound:

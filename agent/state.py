@@ -24,7 +24,6 @@ import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 from .errors import ConfigError
 from .fsutil import atomic_write
@@ -53,6 +52,14 @@ class Applied:
 
 
 @dataclass
+class ChannelMark:
+    """The highest serial accepted on one channel, and the digest it had."""
+
+    serial: int
+    sha256: str
+
+
+@dataclass
 class LastResult:
     outcome: str  # succeeded, failed, refused, rolled-back, stale
     at: str
@@ -73,6 +80,12 @@ class AgentState:
     components: dict[str, InstalledRecord] = field(default_factory=dict)
     last_result: LastResult | None = None
     last_report_at: str | None = None  # when telemetry last recorded an event
+    # Anti-rollback memory per channel: serials only increase within one
+    # channel, so a client moved to another channel must not compare across.
+    channels: dict[str, ChannelMark] = field(default_factory=dict)
+
+    def mark(self, channel: str) -> ChannelMark | None:
+        return self.channels.get(channel)
 
     def to_json(self) -> bytes:
         body = asdict(self)
@@ -88,16 +101,18 @@ class AgentState:
             applied = body.pop("applied")
             last = body.pop("last_result")
             components = body.pop("components")
+            channels = body.pop("channels", {})
             state = cls(
                 **body,
                 applied=Applied(**applied) if applied else None,
                 last_result=LastResult(**last) if last else None,
                 components={k: InstalledRecord(**v) for k, v in components.items()},
+                channels={k: ChannelMark(**v) for k, v in channels.items()},
             )
             for part in (state, state.applied, state.last_result):
                 _check_types(part)
-            for record in state.components.values():
-                _check_types(record)
+            for item in (*state.components.values(), *state.channels.values()):
+                _check_types(item)
             return state
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             raise ConfigError(
@@ -199,7 +214,3 @@ class StateDir:
             yield
         finally:
             os.close(fd)
-
-
-def record_dict(record: InstalledRecord) -> dict[str, Any]:
-    return asdict(record)

@@ -223,6 +223,12 @@ class _Builder:
     def _key(self, event: Any, mapping: dict[str, Any], path: Path) -> str:
         if not isinstance(event, yaml.ScalarEvent):
             raise self._fail(event, "mapping keys must be plain strings")
+        tag = getattr(event, "tag", None)
+        if tag is not None and tag not in _STANDARD_TAGS:
+            raise self._fail(event, f"explicit tag {tag!r} is not allowed")
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise self._fail(event, f"more than {MAX_NODES} YAML nodes")
         key = str(event.value)
         if key == "<<" and _is_plain(event):
             raise self._fail(event, "merge keys (<<) are not allowed")

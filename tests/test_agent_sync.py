@@ -835,3 +835,34 @@ def test_a_frozen_repository_is_noticed_when_the_manifest_expires(
     assert (tmp_path / "files/policies/p.yaml").exists()  # nothing removed
     again = Controller(load_config(config), options=SyncOptions(now=lambda: later))
     assert again.sync().outcome == "up-to-date"  # reported once, not every poll
+
+
+def test_a_client_moved_to_another_channel_is_not_locked_out_as_a_rollback(
+    setup: tuple[ManifestRepo, FileServer, Path], tmp_path: Path
+) -> None:
+    repo, files, config = setup
+    repo.publish(basic_release(files, serial=7, version="7"))
+    assert sync(config).outcome == "succeeded"
+    canary = basic_release(files, serial=5, version="5")
+    canary.channel = "canary"
+    repo.publish(canary)
+    config.write_text(config.read_text().replace("channel: stable", "channel: canary"))
+    moved = sync(config)
+    assert (moved.outcome, moved.serial) == ("succeeded", 5)
+    # an older canary is still a rollback on canary
+    repo.publish(Release(channel="canary", serial=4, components=canary.components))
+    assert sync(config).reason == "rollback"
+
+
+def test_a_noisy_script_cannot_fill_the_disk_with_its_log(
+    setup: tuple[ManifestRepo, FileServer, Path], tmp_path: Path
+) -> None:
+    from centops.agent.installers.script import MAX_LOG_BYTES
+
+    repo, files, config = setup
+    noisy = b"#!/bin/sh\nhead -c 12000000 /dev/zero | tr '\\\\0' x\necho done\n"
+    repo.publish(Release(components=[script_component(files, "noisy", noisy)]))
+    assert sync(config).outcome == "succeeded"
+    log = tmp_path / "state/logs/serial-1-noisy.log"
+    assert MAX_LOG_BYTES <= log.stat().st_size <= MAX_LOG_BYTES + 100
+    assert log.read_bytes().endswith(b"[log truncated]\n")

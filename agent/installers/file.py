@@ -37,13 +37,13 @@ def confined_destination(root: Path, relative: str) -> Path:
             mode = os.lstat(current).st_mode
         except FileNotFoundError:
             continue
-        if stat.S_ISLNK(mode):
-            raise RemoteContentError(
+        if stat.S_ISLNK(mode):  # planted on this client: not the manifest's fault
+            raise InstallError(
                 f"{current} is a symbolic link; refusing to write through it",
                 reason="path-escapes-root",
             )
     if not current.parent.resolve().is_relative_to(root):
-        raise RemoteContentError(
+        raise InstallError(
             f"{relative} leaves the file root {root}", reason="path-escapes-root"
         )
     return current
@@ -61,7 +61,7 @@ class FileInstaller:
         try:
             dest = confined_destination(ctx.config.files_root, source.path)
             return dest.is_file() and sha256_of(dest) == source.sha256
-        except (OSError, RemoteContentError):
+        except (OSError, RemoteContentError, InstallError):
             return False
 
     def install(self, component: Component, ctx: InstallContext) -> InstallResult:

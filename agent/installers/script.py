@@ -11,11 +11,14 @@ idempotent: one interrupted by a kill runs again on the next sync.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 from ..download import DownloadOptions, fetch_verified
 from ..errors import InstallError
@@ -98,7 +101,7 @@ def _run(
                 cwd=ctx.work_dir,
                 env=env,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 preexec_fn=_detach_but_follow_parent,
             )
@@ -108,6 +111,11 @@ def _run(
                 "begin with a #! line?)",
                 reason="script-failed",
             ) from exc
+        assert process.stdout is not None  # noqa: S101 - stdout=PIPE above
+        copier = threading.Thread(
+            target=_copy_capped, args=(process.stdout, log), daemon=True
+        )
+        copier.start()
         try:
             code = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired as exc:
@@ -117,8 +125,24 @@ def _run(
                 f"stopped; output in {log_path}",
                 reason="script-timeout",
             ) from exc
-    _cap_log(log_path)
+        finally:
+            copier.join(timeout=5)  # a leftover child holding the pipe: give up
+            process.stdout.close()
     return code, time.monotonic() - started
+
+
+def _copy_capped(source: IO[bytes], log: IO[bytes]) -> None:
+    """Keep the first MAX_LOG_BYTES of the output; read and drop the rest, so
+    a noisy script neither blocks on a full pipe nor fills the disk."""
+    kept = 0
+    with contextlib.suppress(OSError, ValueError):
+        while block := source.read1(64 * 1024):  # type: ignore[attr-defined]
+            if kept < MAX_LOG_BYTES:
+                log.write(block[: MAX_LOG_BYTES - kept])
+                kept += min(len(block), MAX_LOG_BYTES - kept)
+                if kept >= MAX_LOG_BYTES:
+                    log.write(b"\n[log truncated]\n")
+        log.flush()
 
 
 def _detach_but_follow_parent() -> None:
@@ -149,11 +173,3 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
-
-
-def _cap_log(path: Path) -> None:
-    if path.stat().st_size > MAX_LOG_BYTES:
-        with path.open("r+b") as handle:
-            handle.truncate(MAX_LOG_BYTES)
-            handle.seek(0, os.SEEK_END)
-            handle.write(b"\n[log truncated]\n")

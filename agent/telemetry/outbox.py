@@ -33,6 +33,10 @@ from .events import is_final, make_event
 MAX_EVENT_BYTES = 64 * 1024
 
 
+class EventTooLarge(ValueError):
+    """An event over MAX_EVENT_BYTES; the caller may send a summary instead."""
+
+
 @dataclass(frozen=True)
 class PendingEvent:
     path: Path
@@ -51,7 +55,7 @@ class Outbox:
         """Queue ``event`` for every sink, durably, then enforce the bound."""
         data = json.dumps(event, sort_keys=True, separators=(",", ":")).encode()
         if len(data) > MAX_EVENT_BYTES:
-            raise ValueError(f"telemetry event of {len(data)} bytes is too large")
+            raise EventTooLarge(f"telemetry event of {len(data)} bytes is too large")
         sequence = self._next_sequence()
         name = f"{sequence:012d}-{event['id']}.json"
         for sink in self.sinks:
