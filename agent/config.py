@@ -17,10 +17,13 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import yamlstrict
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .gitsource import Credentials
 
 CONFIG_ENV = "CENTOPS_AGENT_CONFIG"
 DEFAULT_CONFIG = Path("/etc/centops/agent.yaml")
@@ -38,6 +41,12 @@ class TokenSource:
     file: Path | None = None
     username: str = "x-access-token"
     scheme: str = "basic"
+
+    def credentials(self) -> Credentials:
+        """The token with how to present it; ConfigError as :meth:`read`."""
+        from .gitsource import Credentials
+
+        return Credentials(self.read(), username=self.username, scheme=self.scheme)
 
     def read(self) -> str:
         """The token; ConfigError when its source is missing or empty."""

@@ -52,6 +52,7 @@ from .state import (
     LastResult,
     StateDir,
 )
+from .telemetry.deliver import sinks_for
 from .telemetry.events import ComponentOutcome, make_event
 from .telemetry.outbox import EventTooLarge, Outbox
 from .timeutil import format_timestamp, parse_timestamp
@@ -86,9 +87,7 @@ class SyncOptions:
 
 def credentials_for(config: AgentConfig) -> Credentials | None:
     token = config.repository.token
-    if token is None:
-        return None
-    return Credentials(token.read(), username=token.username, scheme=token.scheme)
+    return token.credentials() if token is not None else None
 
 
 def needs_work(
@@ -589,17 +588,6 @@ def write_last_poll(path: Path, now: datetime) -> None:
         temp.replace(path)
     except OSError:
         pass
-
-
-def sinks_for(config: AgentConfig) -> list[str]:
-    if not config.telemetry.enabled:
-        return []
-    sinks = []
-    if config.telemetry.results_branch.enabled:
-        sinks.append("git")
-    if config.telemetry.http is not None:
-        sinks.append("http")
-    return sinks
 
 
 def default_installers() -> dict[str, Installer]:

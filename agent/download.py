@@ -18,13 +18,16 @@ import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urljoin, urlsplit
 
 from .errors import RemoteContentError, TransportError
 from .installers.base import Progress, no_progress
 from .manifest import url_problem
 from .netutil import connected_socket, hard_deadline
+
+if TYPE_CHECKING:
+    from .config import AgentConfig
 
 CHUNK = 64 * 1024
 MAX_REDIRECTS = 3
@@ -39,6 +42,14 @@ class DownloadOptions:
     timeout: float = 60.0
     ca_bundle: Path | None = None
     allow_insecure_http: bool = False
+
+    @classmethod
+    def for_config(cls, config: AgentConfig) -> DownloadOptions:
+        return cls(
+            timeout=float(config.download_timeout_seconds),
+            ca_bundle=config.download_ca_bundle,
+            allow_insecure_http=config.insecure_allow_http_loopback,
+        )
 
 
 def sha256_of(path: Path) -> str:

@@ -11,7 +11,7 @@ from .telemetry.outbox import Outbox
 
 
 def collect_status(config: AgentConfig) -> dict[str, Any]:
-    from .controller import sinks_for
+    from .telemetry.deliver import sinks_for
 
     dirs = StateDir(config.state_dir)
     state = dirs.load()

@@ -172,7 +172,18 @@ class _BaseReader:
         self.top = Path(str(self.repo.working_tree_dir)).resolve()
 
     def read(self, path: Path) -> bytes | None:
-        relative = path.resolve().relative_to(self.top).as_posix()
+        """The file at the base revision; None when it did not exist there.
+
+        Raises ConfigError for a path outside the repository.
+        """
+        resolved = path.resolve()
+        if not resolved.is_relative_to(self.top):
+            raise ConfigError(
+                f"{path} is outside the repository {self.top}; --base compares "
+                "files in the repository only",
+                reason="usage",
+            )
+        relative = resolved.relative_to(self.top).as_posix()
         try:
             blob = self.commit.tree / relative
         except KeyError:

@@ -16,12 +16,11 @@ import stat
 import tempfile
 from pathlib import Path
 
-from ..download import fetch_verified, sha256_of
+from ..download import DownloadOptions, fetch_verified, sha256_of
 from ..errors import InstallError, RemoteContentError
 from ..fsutil import fsync_dir
 from ..manifest import Component, FileSource, destination_problem
 from .base import InstallContext, InstalledRecord, InstallResult
-from .script import download_options
 
 
 def confined_destination(root: Path, relative: str) -> Path:
@@ -73,7 +72,7 @@ class FileInstaller:
             dest=ctx.work_dir / f"{source.sha256}.file",
             size=source.size,
             sha256=source.sha256,
-            options=download_options(ctx),
+            options=DownloadOptions.for_config(ctx.config),
             progress=ctx.progress,
             label=component.name,
         )

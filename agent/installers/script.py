@@ -29,14 +29,6 @@ SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_LOG_BYTES = 4 * 1024 * 1024
 
 
-def download_options(ctx: InstallContext) -> DownloadOptions:
-    return DownloadOptions(
-        timeout=float(ctx.config.download_timeout_seconds),
-        ca_bundle=ctx.config.download_ca_bundle,
-        allow_insecure_http=ctx.config.insecure_allow_http_loopback,
-    )
-
-
 class ScriptInstaller:
     kind = "script"
 
@@ -61,7 +53,7 @@ class ScriptInstaller:
             dest=path,
             size=source.size,
             sha256=source.sha256,
-            options=download_options(ctx),
+            options=DownloadOptions.for_config(ctx.config),
             progress=ctx.progress,
             label=component.name,
         )

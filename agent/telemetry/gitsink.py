@@ -436,8 +436,4 @@ def _auth_rejected(exc: TransportError) -> bool:
 
 
 def _credentials(source: TokenSource | None) -> Credentials | None:
-    if source is None:
-        return None
-    return Credentials(
-        token=source.read(), username=source.username, scheme=source.scheme
-    )
+    return source.credentials() if source is not None else None

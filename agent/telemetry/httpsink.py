@@ -28,7 +28,6 @@ only with ``insecure_allow_http_loopback``, with a warning each time.
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import json
 import logging
 import random
@@ -41,6 +40,7 @@ from urllib.parse import urlsplit
 from ..config import HttpSinkConfig
 from ..errors import ConfigError
 from ..gitsource import redact_url
+from ..manifest import is_loopback_host
 from ..netutil import connected_socket, hard_deadline
 from .deliver import SINK_HTTP, DeliveryReport, Sleep, backoff_delay
 from .outbox import Outbox, PendingEvent
@@ -75,13 +75,8 @@ class Endpoint:
 
 
 def is_loopback(host: str) -> bool:
-    """True for ``localhost``, 127.0.0.0/8 and ::1."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    """True for ``localhost``, 127.0.0.0/8 and ::1 (brackets and case aside)."""
+    return is_loopback_host(host.strip("[]").lower())
 
 
 def check_url(url: str, *, insecure_allow_http_loopback: bool) -> Endpoint:
