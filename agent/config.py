@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import yamlstrict
 from .errors import ConfigError
+from .fsutil import read_regular
 
 if TYPE_CHECKING:
     from .gitsource import Credentials
@@ -57,8 +58,8 @@ class TokenSource:
             assert self.file is not None  # noqa: S101 - guaranteed by the schema
             where = f"token file {self.file}"
             try:
-                with self.file.open("rb") as handle:
-                    value = handle.read(MAX_TOKEN_BYTES + 1).decode("utf-8").strip()
+                raw = read_regular(self.file, MAX_TOKEN_BYTES)
+                value = raw.decode("utf-8").strip()
             except (OSError, UnicodeDecodeError) as exc:
                 raise ConfigError(
                     f"cannot read the {where}", reason="token-unavailable"
@@ -67,9 +68,10 @@ class TokenSource:
                 raise ConfigError(
                     f"the {where} is too large", reason="token-unavailable"
                 )
-        if not value or any(ch in value for ch in "\r\n\0"):
+        if not value or not value.isprintable() or not value.isascii():
             raise ConfigError(
-                f"the {where} is empty or holds a line break",
+                f"the {where} is empty or holds a line break, control or "
+                "non-ASCII character",
                 reason="token-unavailable",
                 hint="provide the repository token there (it is never logged)",
             )
@@ -197,8 +199,7 @@ def config_path(explicit: Path | None) -> Path:
 
 def read_bytes(path: Path) -> bytes:
     try:
-        with path.open("rb") as handle:
-            return handle.read(MAX_CONFIG_BYTES + 1)
+        return read_regular(path, MAX_CONFIG_BYTES)
     except OSError as exc:
         raise ConfigError(
             f"cannot read configuration {path}: {exc.strerror}",

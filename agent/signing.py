@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, RemoteContentError
+from .fsutil import read_regular
 
 if TYPE_CHECKING:
     from sigstore.verify import Verifier
@@ -288,8 +289,7 @@ _verifiers_lock = threading.Lock()
 def _verifier(trusted_root: Path) -> Verifier:
     """A verifier for the pinned root file, reused while its bytes are unchanged."""
     try:
-        with trusted_root.open("rb") as handle:
-            data = handle.read(MAX_TRUSTED_ROOT_BYTES + 1)
+        data = read_regular(trusted_root, MAX_TRUSTED_ROOT_BYTES)
     except OSError as exc:
         raise ConfigError(
             f"cannot read the trusted root {trusted_root}: {exc.strerror}",

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import ConfigError
-from .fsutil import atomic_write
+from .fsutil import atomic_write, read_regular
 from .installers.base import InstalledRecord
 
 STATE_FORMAT = 1
@@ -173,10 +173,19 @@ class StateDir:
 
     def load(self) -> AgentState:
         try:
-            with self.state_file.open("rb") as handle:
-                raw = handle.read(MAX_STATE_BYTES + 1)
+            raw = read_regular(self.state_file, MAX_STATE_BYTES)
         except FileNotFoundError:
             return AgentState()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read state file {self.state_file}: {exc.strerror}",
+                reason="state-damaged",
+            ) from exc
+        if len(raw) > MAX_STATE_BYTES:
+            raise ConfigError(
+                f"state file {self.state_file} is over {MAX_STATE_BYTES} bytes",
+                reason="state-damaged",
+            )
         return AgentState.from_json(raw, source=self.state_file)
 
     def config_digest(self) -> str | None:

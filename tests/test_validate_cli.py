@@ -199,6 +199,31 @@ class TestAgainstBase:
         write(repo, "canary", design_note_manifest(channel="canary", serial=1))
         assert self.run()[0] == 0
 
+    def test_prerelease_numbers_compare_as_numbers(self, repo: Path) -> None:
+        rc10 = design_note_manifest(serial=6).replace("v2.3.0", "v2.4.0-rc.10")
+        write(repo, "stable", rc10.replace(DIGEST_A, DIGEST_B, 1))
+        git(repo, "commit", "-qam", "rc.10")
+        rc9 = design_note_manifest(serial=7).replace("v2.3.0", "v2.4.0-rc.9")
+        write(repo, "stable", rc9.replace(DIGEST_A, "2" * 64, 1))
+        result = runner.invoke(app, ["validate", "--base", "HEAD", "manifests"])
+        assert result.exit_code == 1 and "silent-downgrade" in result.output
+
+    def test_a_symlinked_manifest_is_refused(self, repo: Path) -> None:
+        target = repo / "elsewhere.yaml"
+        target.write_text(design_note_manifest(serial=1))
+        link = repo / "manifests/stable/manifest.yaml"
+        link.unlink()
+        link.symlink_to(target)
+        code, output = self.run()
+        assert code == 1 and "symbolic link" in output
+
+    def test_a_base_that_does_not_load_fails_closed(self, repo: Path) -> None:
+        write(repo, "stable", "not: [valid\n")
+        git(repo, "commit", "-qam", "broken base")
+        write(repo, "stable", design_note_manifest(serial=1))
+        result = runner.invoke(app, ["validate", "--base", "HEAD", "manifests"])
+        assert result.exit_code == 1 and "base-unusable" in result.output
+
     def test_unknown_base_is_a_usage_error(self, repo: Path) -> None:
         result = runner.invoke(app, ["validate", "--base", "nope", "manifests"])
         assert result.exit_code == 2

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from centops.agent.errors import CentOpsError, ConfigError, RemoteContentError
+from centops.agent.fsutil import read_regular
 from centops.tools.release_cli import release_app
 
 EXIT_OK = 0
@@ -255,8 +256,7 @@ def verify(
 
 def _read(path: Path, limit: int) -> bytes:
     try:
-        with path.open("rb") as handle:
-            return handle.read(limit)
+        return read_regular(path, limit - 1, follow_symlinks=False)
     except OSError as exc:
         raise ConfigError(
             f"cannot read {path}: {exc.strerror}", reason="usage"

@@ -50,7 +50,7 @@ from centops.agent.errors import (
     RemoteContentError,
     TransportError,
 )
-from centops.agent.fsutil import atomic_write
+from centops.agent.fsutil import atomic_write, read_regular
 from centops.agent.manifest import (
     DEFAULT_MAX_HORIZON,
     DIGEST_PREFIX,
@@ -1181,8 +1181,7 @@ def _credentials_for(path: Path | None, host: str) -> str:
     if path is None:
         return ""
     try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_CREDENTIALS_FILE_BYTES + 1)
+        raw = read_regular(path, MAX_CREDENTIALS_FILE_BYTES)
     except OSError as exc:
         raise ConfigError(
             f"cannot read the credentials file {path}: {exc.strerror}",
@@ -1310,8 +1309,7 @@ def read_manifest(path: Path) -> str | None:
     Raises :class:`ConfigError` when it cannot be read or is too large.
     """
     try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_DOCUMENT_BYTES + 1)
+        data = read_regular(path, MAX_DOCUMENT_BYTES, follow_symlinks=False)
     except FileNotFoundError:
         return None
     except OSError as exc:

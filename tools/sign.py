@@ -22,7 +22,7 @@ from cryptography import x509
 
 from centops.agent import yamlstrict
 from centops.agent.errors import ConfigError, TransportError
-from centops.agent.fsutil import atomic_write
+from centops.agent.fsutil import atomic_write, read_regular
 from centops.agent.manifest import BUNDLE_SUFFIX, parse_manifest
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,9 @@ def sign_manifests(
     payloads = []
     for path in manifests:
         try:
-            with path.open("rb") as handle:
-                data = handle.read(yamlstrict.MAX_DOCUMENT_BYTES + 1)
+            data = read_regular(
+                path, yamlstrict.MAX_DOCUMENT_BYTES, follow_symlinks=False
+            )
         except OSError as exc:
             raise ConfigError(
                 f"cannot read {path}: {exc.strerror}", reason="usage"

@@ -9,6 +9,7 @@ required it runs the agent's one verification path too.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from centops.agent import yamlstrict
 from centops.agent.errors import ConfigError
+from centops.agent.fsutil import read_regular
 from centops.agent.manifest import (
     BUNDLE_SUFFIX,
     DEFAULT_CLOCK_SKEW,
@@ -106,7 +108,7 @@ def _validate_one(
     report.channel, report.serial = manifest.channel, manifest.serial
     at = _Locator(data, name)
 
-    folder = path.resolve().parent.name
+    folder = Path(os.path.abspath(path)).parent.name  # as named, links not followed
     if path.name == MANIFEST_FILENAME and folder != manifest.channel:
         report.problems.append(
             at.problem(
@@ -130,9 +132,9 @@ def _validate_one(
 
 
 def _read_capped(path: Path, limit: int) -> bytes:
-    with path.open("rb") as handle:
-        data = handle.read(limit + 1)
-    return data  # the loader reports an oversized file with its limit
+    # A manifest or bundle is a regular file: a symlink could make one
+    # channel's file pass for another's, or hide a file from --base.
+    return read_regular(path, limit, follow_symlinks=False)
 
 
 class _Locator:
@@ -176,32 +178,54 @@ class _BaseReader:
 
         Raises ConfigError for a path outside the repository.
         """
-        resolved = path.resolve()
-        if not resolved.is_relative_to(self.top):
+        # The path as named (its folder resolved, the file itself not): a
+        # symlink must not redirect the comparison to another file.
+        named = Path(os.path.realpath(path.parent)) / path.name
+        if not named.is_relative_to(self.top):
             raise ConfigError(
                 f"{path} is outside the repository {self.top}; --base compares "
                 "files in the repository only",
                 reason="usage",
             )
-        relative = resolved.relative_to(self.top).as_posix()
+        relative = named.relative_to(self.top).as_posix()
         try:
             blob = self.commit.tree / relative
         except KeyError:
             return None  # a new manifest
+        if blob.type != "blob" or blob.mode not in (0o100644, 0o100755):
+            raise _BaseUnusable(f"{relative} at the base is not a regular file")
+        if blob.size > yamlstrict.MAX_DOCUMENT_BYTES:
+            raise _BaseUnusable(f"{relative} at the base is over the size limit")
         data: bytes = blob.data_stream.read(yamlstrict.MAX_DOCUMENT_BYTES + 1)
         return data
+
+
+class _BaseUnusable(Exception):
+    """The base version exists but cannot be compared with."""
 
 
 def _against_base(
     path: Path, data: bytes, manifest: Manifest, base: _BaseReader, at: _Locator
 ) -> list[Problem]:
-    old_data = base.read(path)
+    try:
+        old_data = base.read(path)
+    except _BaseUnusable as exc:
+        return [at.problem((), f"cannot compare with the base: {exc}", "base-unusable")]
     if old_data is None or old_data == data:
         return []
     try:
         old = parse_manifest(old_data, source=f"{path}@base", allow_insecure_http=True)
     except ManifestError:
-        return []  # the base was broken; the new file stands on its own
+        # Fail closed: without a readable base, a lower serial or a silent
+        # downgrade could not be detected.
+        return [
+            at.problem(
+                (),
+                "the base version of this manifest does not load, so the change "
+                "cannot be checked against it; fix the base in its own change",
+                "base-unusable",
+            )
+        ]
     found: list[Problem] = []
     if manifest.channel != old.channel:
         found.append(
@@ -256,18 +280,29 @@ def _against_base(
 _VERSION = re.compile(r"v?(\d+(?:\.\d+)*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?")
 
 
-def version_key(version: str) -> tuple[tuple[int, ...], int, str]:
-    """Order versions: numeric parts, then a pre-release before the release.
+VersionKey = tuple[tuple[int, ...], int, tuple[tuple[int, int, str], ...]]
+
+
+def version_key(version: str) -> VersionKey:
+    """Order versions as semantic versioning does: numeric parts, then a
+    pre-release before its release, pre-release identifiers compared one by
+    one (numbers as numbers, below words: rc.9 < rc.10 < rc.a).
 
     Labels that are not version-shaped sort equal to each other, so no
     downgrade is claimed for them.
     """
     match = _VERSION.fullmatch(version)
     if match is None:
-        return ((), 0, "")
+        return ((), 0, ())
     numbers = tuple(int(part) for part in match[1].split("."))
     numbers = numbers + (0,) * (4 - len(numbers)) if len(numbers) < 4 else numbers
-    return (numbers, 0 if match[2] else 1, match[2] or "")
+    if not match[2]:
+        return (numbers, 1, ())
+    identifiers = tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part)
+        for part in match[2].split(".")
+    )
+    return (numbers, 0, identifiers)
 
 
 # -- signatures ----------------------------------------------------------------

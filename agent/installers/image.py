@@ -50,6 +50,7 @@ from ..errors import (
     RemoteContentError,
     TransportError,
 )
+from ..fsutil import read_regular
 from ..manifest import Component, ImageSource
 from .base import InstallContext, InstalledRecord, InstallResult, Progress
 
@@ -444,8 +445,7 @@ def _invalid_credentials(path: Path, what: str) -> ConfigError:
 
 def _read_auths(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_CREDENTIALS_BYTES + 1)
+        data = read_regular(path, MAX_CREDENTIALS_BYTES)
     except OSError as e:
         raise _invalid_credentials(path, f"cannot read it ({e.strerror})") from e
     if len(data) > MAX_CREDENTIALS_BYTES:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, read_regular
 from .events import is_final, make_event
 
 MAX_EVENT_BYTES = 64 * 1024
@@ -170,8 +170,9 @@ def _sequence(path: Path) -> int:
 
 def _read(path: Path) -> dict[str, Any] | None:
     try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_EVENT_BYTES + 1)
+        raw = read_regular(path, MAX_EVENT_BYTES, follow_symlinks=False)
+        if len(raw) > MAX_EVENT_BYTES:
+            return None
         value = json.loads(raw)
     except (OSError, ValueError):
         return None
