@@ -186,7 +186,7 @@ class AgentConfig:
 
     @property
     def manifest_path(self) -> str:
-        return self.repository.manifest_path.format(channel=self.channel)
+        return self.repository.manifest_path.replace("{channel}", self.channel)
 
 
 def config_path(explicit: Path | None) -> Path:

@@ -166,9 +166,11 @@ class Controller:
                 )
                 self._finish(state, failed, commit=state.seen_commit)
                 raise
-            if self.options.deliver_telemetry and self.config.telemetry.enabled:
-                self._deliver()
-            return result
+        # Delivery runs after the lock is released: a slow receiver must not
+        # hold up the next poll. Each sink serialises its own deliveries.
+        if self.options.deliver_telemetry and self.config.telemetry.enabled:
+            self._deliver()
+        return result
 
     def _cycle(self, state: AgentState) -> SyncOutcome:
         config = self.config

@@ -604,6 +604,31 @@ def test_branch_refuses_staged_changes_and_existing_branches(git_root: Path) -> 
     assert git(git_root, "branch", "--show-current").strip() == "main"
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "refs/heads/main",
+        "main",
+        "@",
+        "@{-1}",
+        "-x",
+        "--upload-pack=x",
+        "a..b",
+        "origin/main",
+        "x.lock",
+        "a b",
+    ],
+)
+def test_branch_must_be_a_plain_new_name(git_root: Path, name: str) -> None:
+    git(git_root, "update-ref", "refs/remotes/origin/main", "HEAD")
+    image = f"ghcr.io/org/centops-telemetry@sha256:{DIGEST_C}"
+    result = release(*image_args(image), "--branch", name)
+    assert result.exit_code == 2, result.output
+    assert git(git_root, "branch", "--show-current").strip() == "main"
+    assert stable(git_root) == STABLE
+    assert git(git_root, "log", "-1", "--format=%s", "main").strip() != ""
+
+
 # --- promotion
 
 

@@ -95,6 +95,7 @@ MANIFEST_MEDIA_TYPES = (
     "application/vnd.docker.distribution.manifest.list.v2+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 )
+_BRANCH_NAME = re.compile(r"(?!refs/)(?!-)[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
 _DOCKER_HUB = "docker.io"
 _DOCKER_HUB_API = "registry-1.docker.io"
 _CHANNEL = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -1377,19 +1378,36 @@ def commit_plan(plan: ReleasePlan, path: Path, *, branch: str) -> Commit:
             hint="run from a clone of the manifest repository, or drop --branch",
         ) from exc
     top = Path(str(repo.working_tree_dir)).resolve()
+    if path.is_symlink():
+        raise ConfigError(f"{path} is a symbolic link; refusing", reason="usage")
     try:
         relative = path.resolve().relative_to(top).as_posix()
     except ValueError as exc:
         raise ConfigError(f"{path} is outside {top}", reason="git") from exc
+    # A new, plain branch name: never a full ref (refs/heads/main would
+    # commit onto main), a revision expression (@, @{-1}) or an option.
+    if (
+        not _BRANCH_NAME.fullmatch(branch)
+        or ".." in branch
+        or branch.endswith((".lock", "/", "."))
+    ):
+        raise ConfigError(
+            f"{branch!r} is not a plain new branch name",
+            reason="usage",
+            hint="use letters, digits and ._/- , e.g. release/telemetry-2.3.1",
+        )
     try:
-        repo.git.check_ref_format("--branch", branch)
+        repo.git.check_ref_format(f"refs/heads/{branch}")
+        exists = bool(
+            repo.git.for_each_ref(f"refs/heads/{branch}", f"refs/remotes/{branch}")
+        )
     except git.GitCommandError as exc:
         raise ConfigError(
             f"{branch!r} is not a valid branch name", reason="usage"
         ) from exc
     if not repo.head.is_valid():
         raise ConfigError(f"{top} has no commit yet", reason="git")
-    if branch in repo.heads:
+    if exists or branch in repo.heads:
         raise ConfigError(
             f"branch {branch!r} exists already",
             reason="git",

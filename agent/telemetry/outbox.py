@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,8 +66,10 @@ class Outbox:
     def _next_sequence(self) -> int:
         path = self.root / "seq"
         try:
-            current = int(path.read_text().strip() or 0)
-        except (FileNotFoundError, ValueError):
+            current = int(read_regular(path, 32).strip() or 0)
+        except (OSError, ValueError):
+            current = -1
+        if current < 0:  # missing or damaged: continue after what is on disk
             current = self._highest_on_disk()
         atomic_write(path, str(current + 1).encode(), mode=0o600)
         return current + 1
@@ -153,7 +156,8 @@ class Outbox:
         folder = self.root / sink
         if not folder.is_dir():
             return []
-        return sorted(p for p in folder.iterdir() if _is_event_file(p))
+        # Only regular files: a folder, link or FIFO planted here is ignored.
+        return sorted(p for p in folder.iterdir() if _is_event_file(p) and _regular(p))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.sinks)
@@ -161,6 +165,13 @@ class Outbox:
 
 def _is_event_file(path: Path) -> bool:
     return path.suffix == ".json" and not path.name.startswith(".")
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _sequence(path: Path) -> int:
