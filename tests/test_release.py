@@ -264,7 +264,9 @@ def test_tag_without_digest_and_without_registry_is_never_written(
 class FakeRegistry:
     """A loopback registry speaking just enough of the API for one manifest."""
 
-    def __init__(self, *, lie: bool = False, login: str = "") -> None:
+    def __init__(
+        self, *, lie: bool = False, login: str = "", realm_host: str = "127.0.0.1"
+    ) -> None:
         self.manifest = json.dumps(
             {
                 "schemaVersion": 2,
@@ -290,7 +292,7 @@ class FakeRegistry:
                     return
                 if self.headers.get("Authorization") != f"Bearer {outer.token}":
                     self.send_response(401)
-                    realm = f"http://127.0.0.1:{outer.port}/token"
+                    realm = f"http://{realm_host}:{outer.port}/token"
                     self.send_header(
                         "WWW-Authenticate",
                         f'Bearer realm="{realm}",service="fake",'
@@ -364,6 +366,24 @@ def test_token_flow_with_credentials_file_keeps_the_token_out_of_logs(
     for text in (caplog.text, result.output):
         assert server.token not in text
         assert login not in text
+
+
+def test_login_is_not_sent_to_a_token_service_on_another_host(
+    fake_registry: Callable[..., FakeRegistry], repo_root: Path
+) -> None:
+    login = base64.b64encode(b"ci:hunter2").decode()
+    server = fake_registry(realm_host="localhost")  # another name, same loopback
+    host = f"127.0.0.1:{server.port}"
+    credentials = repo_root / "config.json"
+    credentials.write_text(json.dumps({"auths": {host: {"auth": login}}}))
+    result = release(
+        *image_args(f"{host}/org/app:v2.3.1"),
+        INSECURE,
+        "--registry-credentials",
+        str(credentials),
+    )
+    assert result.exit_code == 0, result.output
+    assert server.seen_logins == [""]  # asked anonymously
 
 
 def test_anonymous_token_flow(

@@ -68,6 +68,7 @@ from centops.agent.manifest import (
     time_problems,
     url_problem,
 )
+from centops.agent.netutil import connected_socket, hard_deadline
 from centops.agent.timeutil import format_timestamp
 from centops.agent.yamlstrict import MAX_DOCUMENT_BYTES
 
@@ -95,8 +96,11 @@ MANIFEST_MEDIA_TYPES = (
     "application/vnd.docker.distribution.manifest.list.v2+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 )
+EXCHANGE_DEADLINE_FACTOR = 4
+MIN_DOWNLOAD_BYTES_PER_SECOND = 32 * 1024
 _BRANCH_NAME = re.compile(r"(?!refs/)(?!-)[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
 _DOCKER_HUB = "docker.io"
+_TOKEN_SERVICES = {"docker.io": {"auth.docker.io"}}
 _DOCKER_HUB_API = "registry-1.docker.io"
 _CHANNEL = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _CHALLENGE_PARAM = re.compile(r'([A-Za-z_]+)="([^"]*)"')
@@ -870,10 +874,14 @@ class DirectHttp:
     ) -> HttpAnswer:
         with _connect(url, self.timeout_s, self.ca_bundle) as conn:
             try:
-                conn.request(method, _target(url), headers=dict(headers))
-                response = conn.getresponse()
-                body = response.read(max_bytes + 1) if method != "HEAD" else b""
-            except (OSError, http.client.HTTPException) as exc:
+                # One deadline for the exchange, not only per read.
+                with hard_deadline(
+                    connected_socket(conn), EXCHANGE_DEADLINE_FACTOR * self.timeout_s
+                ):
+                    conn.request(method, _target(url), headers=dict(headers))
+                    response = conn.getresponse()
+                    body = response.read(max_bytes + 1) if method != "HEAD" else b""
+            except (OSError, http.client.HTTPException, ValueError) as exc:
                 raise TransportError(
                     f"{_origin(url)}: {type(exc).__name__}: {exc}",
                     reason="registry-unreachable",
@@ -1141,8 +1149,22 @@ class _RegistrySession:
         }
         separator = "&" if urlsplit(realm).query else "?"
         headers = {"User-Agent": "centops-release"}
-        if login:
+        # The registry's login goes only to its own host (Docker Hub's token
+        # service is the one known exception); any other token service gets
+        # an anonymous request, so a hostile registry cannot collect it.
+        realm_host = (urlsplit(realm).hostname or "").lower()
+        trusted = _TOKEN_SERVICES.get(self.ref.host, set()) | {
+            self.ref.host.split(":")[0].lower()
+        }
+        if login and realm_host in trusted:
             headers["Authorization"] = f"Basic {login}"
+        elif login:
+            log.warning(
+                "not sending the login for %s to the token service %s",
+                self.ref.host,
+                _origin(realm),
+            )
+            login = ""
         log.debug(
             "token from %s for %s (%s)",
             _origin(realm),
@@ -1251,21 +1273,33 @@ def fetch_artifact(
             )
         if urlsplit(current).scheme == "http":
             log.warning("insecure: plain http download from %s", _origin(current))
+        # Bounded in time as in bytes: the declared cap at a minimum rate.
+        allowed = timeout_s + max_bytes / MIN_DOWNLOAD_BYTES_PER_SECOND
         with _connect(current, timeout_s, ca_bundle) as conn:
             try:
-                conn.request(
-                    "GET", _target(current), headers={"User-Agent": "centops-release"}
-                )
-                response = conn.getresponse()
-                if response.status in (301, 302, 303, 307, 308):
-                    current = urljoin(current, response.getheader("Location") or "")
-                    continue
-                if response.status != 200:
-                    raise TransportError(
-                        f"{current}: HTTP {response.status}", reason="download-failed"
+                with hard_deadline(connected_socket(conn), allowed) as cut:
+                    conn.request(
+                        "GET",
+                        _target(current),
+                        headers={"User-Agent": "centops-release"},
                     )
-                digest, size = _hash_stream(response, current, max_bytes)
-            except (OSError, http.client.HTTPException) as exc:
+                    response = conn.getresponse()
+                    if response.status in (301, 302, 303, 307, 308):
+                        location = response.getheader("Location") or ""
+                        current = urljoin(current, location)
+                        continue
+                    if response.status != 200:
+                        raise TransportError(
+                            f"{current}: HTTP {response.status}",
+                            reason="download-failed",
+                        )
+                    digest, size = _hash_stream(response, current, max_bytes)
+                if cut.is_set():
+                    raise TransportError(
+                        f"{current}: too slow; gave up after {allowed:.0f} s",
+                        reason="download-failed",
+                    )
+            except (OSError, http.client.HTTPException, ValueError) as exc:
                 raise TransportError(
                     f"{current}: {type(exc).__name__}: {exc}",
                     reason="download-failed",
