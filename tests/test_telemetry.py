@@ -411,6 +411,26 @@ def test_later_sync_appends_to_the_clients_own_file_only(
     assert files == [events_path("client-a"), events_path("client-b")]
 
 
+@pytest.mark.parametrize(
+    "planted",
+    ["clients/client-a/events.jsonl/inside", "clients/client-a"],
+    ids=["folder-at-the-file", "file-at-the-folder"],
+)
+def test_another_writer_cannot_block_a_clients_reports(
+    git_server: SmartHttpGitServer, bare: Path, tmp_path: Path, planted: str
+) -> None:
+    url = git_server.repo_url(REPO)
+    writer = WorkRepo.clone(bare, tmp_path / "writer")
+    writer.git("checkout", "--quiet", "--orphan", RESULTS)
+    writer.commit_files({planted: b"in the way\n"}, "planted")
+    writer.git("push", "--quiet", "origin", RESULTS)
+    config = make_config(tmp_path / "a", "client-a", repo_url=url)
+    ids = emit_sync_events(make_outbox(config), "client-a", serial=7)
+    report = deliver_all(config, make_outbox(config))["git"]
+    assert report.delivered == len(ids), report
+    assert [e["id"] for e in branch_events(bare, "client-a")] == ids
+
+
 def test_wrong_token_keeps_events_queued_and_is_not_retried(
     git_server: SmartHttpGitServer,
     tmp_path: Path,

@@ -368,9 +368,13 @@ class GitResultsSink:
             env = dict(self.bare.env, GIT_INDEX_FILE=str(Path(scratch) / "index"))
             if tip is not None:
                 self.bare.git("read-tree", tip, what="git read-tree", env=env)
+            # --replace: whatever another writer put at or under this
+            # client's path (a folder, a file where the folder belongs) is
+            # replaced, so no one can block a client's reports.
             self.bare.git(
                 "update-index",
                 "--add",
+                "--replace",
                 "--cacheinfo",
                 f"100644,{blob},{self.path_in_branch}",
                 what="git update-index",
