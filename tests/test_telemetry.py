@@ -693,6 +693,23 @@ def test_refused_event_goes_to_dead_letters_with_the_response(
     assert sorted(state.stored) == sorted([ids[0], ids[2]])
 
 
+def test_a_redirecting_receiver_keeps_events_queued_and_gets_no_token_elsewhere(
+    receiver: tuple[Receiver, str], tmp_path: Path
+) -> None:
+    state, url = receiver
+    state.script = ["307"]
+    config = make_config(
+        tmp_path, "client-a", git=False, http=_http_config(url, batch=True)
+    )
+    outbox = make_outbox(config)
+    emit_sync_events(outbox, "client-a")
+    report = deliver_all(config, outbox, sleep=lambda _: None)["http"]
+    assert report.reason == "http-redirected"
+    assert report.remaining == EVENTS_PER_CLIENT
+    assert outbox.dead_letters("http") == []
+    assert len(state.seen) == 1  # not followed, not retried
+
+
 def test_rejected_token_keeps_events_queued(
     receiver: tuple[Receiver, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

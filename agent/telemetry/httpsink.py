@@ -15,7 +15,10 @@ What each answer means for the events sent:
   by the event ``id``.
 - 401, 403, 407: the credentials are wrong; a person must act. The events
   stay queued and this run stops.
-- any other 3xx or 4xx: the receiver refuses the content for good; the
+- 3xx: the receiver moved; redirects are not followed (the token must not
+  travel to another address), and the events stay queued until the URL in
+  the configuration is fixed.
+- any other 4xx: the receiver refuses the content for good; the
   events go to the dead letters with the status and the (capped) body. A
   refused batch is first split into single events, so that one bad event
   does not take the others with it.
@@ -218,6 +221,14 @@ class HttpSink:
                     attempt,
                 )
                 return DeliveryReport(SINK_HTTP, delivered=len(batch), attempts=attempt)
+            if status is not None and 300 <= status < 400:
+                return DeliveryReport(
+                    SINK_HTTP,
+                    attempts=attempt,
+                    error=f"{self.endpoint.display} redirects (HTTP {status}); "
+                    "events stay queued until telemetry.http.url is updated",
+                    reason="http-redirected",
+                )
             if status in _AUTH_REJECTED:
                 return DeliveryReport(
                     SINK_HTTP,
