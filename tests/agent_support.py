@@ -16,10 +16,9 @@ from typing import Any
 import yaml
 
 from centops.tools.localsigstore import LocalSigstore
+from centops.tools.stack.clients import ISSUER, SIGNER, loopback_agent_config
 from centops.tools.stack.gitserver import WorkRepo, init_bare
 
-SIGNER = "https://github.com/centops/fleet/.github/workflows/sign.yml@refs/heads/main"
-ISSUER = "https://token.actions.githubusercontent.com"
 TOKEN = "s3cret-token-for-tests-7f1d"
 
 
@@ -173,34 +172,18 @@ def agent_config(
     client_id: str = "client-a",
     **extra: Any,
 ) -> Path:
-    """Write an agent configuration; returns its path."""
-    config: dict[str, Any] = {
-        "client_id": client_id,
-        "channel": channel,
-        "repository": {
-            "url": repo_url,
-            "branch": "main",
-            "token": {"env": "CENTOPS_TEST_TOKEN"},
-            "timeout_seconds": 20,
-            "insecure_allow_http_loopback": True,
-        },
-        "trust": {
-            "trusted_root": str(sigstore.trusted_root_path),
-            "issuer": ISSUER,
-            "identities": [SIGNER],
-        },
-        "state_dir": str(root / "state"),
-        "files": {"root": str(root / "files")},
-        "scripts": {"timeout_seconds": 5},
-        "downloads": {"timeout_seconds": 5, "insecure_allow_http_loopback": True},
-        "telemetry": {"results_branch": {"enabled": False}},
-        "poll": {"frequency_seconds": 60, "jitter_seconds": 0},
-    }
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            config[key].update(value)
-        else:
-            config[key] = value
+    """Write an agent configuration for the test's loopback servers."""
+    extra.setdefault("scripts", {"timeout_seconds": 5})
+    extra.setdefault("downloads", {"timeout_seconds": 5})
+    config = loopback_agent_config(
+        root,
+        repo_url=repo_url,
+        trusted_root=sigstore.trusted_root_path,
+        token_variable="CENTOPS_TEST_TOKEN",
+        client_id=client_id,
+        channel=channel,
+        **extra,
+    )
     path = root / "agent.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

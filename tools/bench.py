@@ -52,6 +52,7 @@ from typing import Any, Final
 import yaml
 
 from centops.tools.localsigstore import LocalSigstore
+from centops.tools.stack.clients import ISSUER, SIGNER, loopback_agent_config
 from centops.tools.stack.gitserver import (
     ServerProcess,
     WorkRepo,
@@ -95,10 +96,6 @@ POLL_TIMEOUT_S: Final = 60.0
 STATS_SETTLE_S: Final = 0.3
 
 TOKEN: Final = "centops-bench-token-5e1b"  # noqa: S105 - loopback only
-SIGNER: Final = (
-    "https://github.com/centops/fleet/.github/workflows/sign.yml@refs/heads/main"
-)
-ISSUER: Final = "https://token.actions.githubusercontent.com"
 CHANNEL: Final = "stable"
 MANIFEST_PATH: Final = f"manifests/{CHANNEL}/manifest.yaml"
 
@@ -357,29 +354,14 @@ def fleet(folder: Path, *, docker: dict[str, Any] | None = None) -> Iterator[Fle
     ):
         bare = init_bare(host.root / "fleet.git")
         work = WorkRepo.clone(bare, folder / "work")
-        config: dict[str, Any] = {
-            "client_id": "bench",
-            "channel": CHANNEL,
-            "repository": {
-                "url": host.url("fleet.git"),
-                "branch": "main",
-                "token": {"env": "CENTOPS_TEST_TOKEN"},
-                "timeout_seconds": 20,
-                # Every server here is a loopback one started by this run.
-                "insecure_allow_http_loopback": True,
-            },
-            "trust": {
-                "trusted_root": str(sigstore.trusted_root_path),
-                "issuer": ISSUER,
-                "identities": [SIGNER],
-            },
-            "state_dir": str(folder / "state"),
-            "files": {"root": str(folder / "files")},
-            "scripts": {"timeout_seconds": 10},
-            "downloads": {"timeout_seconds": 10, "insecure_allow_http_loopback": True},
-            "telemetry": {"results_branch": {"enabled": False}},
-            "poll": {"frequency_seconds": 60, "jitter_seconds": 0},
-        }
+        config = loopback_agent_config(
+            folder,
+            repo_url=host.url("fleet.git"),
+            trusted_root=sigstore.trusted_root_path,
+            token_variable="CENTOPS_TEST_TOKEN",  # noqa: S106 - a variable name
+            client_id="bench",
+            channel=CHANNEL,
+        )
         if docker is not None:
             config["docker"] = docker
         config_path = folder / "agent.yaml"

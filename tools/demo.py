@@ -38,8 +38,8 @@ from typing import Any
 
 import yaml
 
-SIGNER = "https://github.com/centops/fleet/.github/workflows/sign.yml@refs/heads/main"
-ISSUER = "https://token.actions.githubusercontent.com"
+from centops.tools.stack.clients import ISSUER, SIGNER, loopback_agent_config
+
 TOKEN_ENV = "CENTOPS_DEMO_TOKEN"  # noqa: S105 - a variable name
 BOOTSTRAP = b"""#!/bin/sh
 # Prepares a client for the telemetry agent; idempotent.
@@ -286,23 +286,14 @@ class Demo:
         for client, channel in CLIENTS:
             root = self.out / "clients" / client
             root.mkdir(parents=True, exist_ok=True)
-            config: dict[str, Any] = {
-                "client_id": client,
-                "channel": channel,
-                "repository": {
-                    "url": self.git_url,
-                    "token": {"env": TOKEN_ENV},
-                    "insecure_allow_http_loopback": True,
-                },
-                "trust": {
-                    "trusted_root": str(self.sigstore.trusted_root_path),
-                    "issuer": ISSUER,
-                    "identities": [SIGNER],
-                },
-                "state_dir": str(root / "state"),
-                "files": {"root": str(root / "files")},
-                "downloads": {"insecure_allow_http_loopback": True},
-                "docker": {
+            config = loopback_agent_config(
+                root,
+                repo_url=self.git_url,
+                trusted_root=self.sigstore.trusted_root_path,
+                token_variable=TOKEN_ENV,
+                client_id=client,
+                channel=channel,
+                docker={
                     "host": self.containers.daemon.docker_host,
                     "allowed_registries": [self.containers.registry.host],
                     "containers": {
@@ -315,11 +306,11 @@ class Demo:
                 },
                 # Reports go to the real repository even while a client is
                 # pointed at a hostile mirror in step 5.
-                "telemetry": {
+                telemetry={
                     "results_branch": {"url": self.git_url, "max_attempts": 8},
                 },
-                "poll": {"frequency_seconds": 60, "jitter_seconds": 5},
-            }
+                poll={"frequency_seconds": 60, "jitter_seconds": 5},
+            )
             (root / "agent.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
     def serve_bad_manifests(self, git_url: str) -> None:
