@@ -633,9 +633,10 @@ def check(config: AgentConfig) -> CheckResult:
             f"branch {config.repository.branch!r} not found", reason="git-ref-missing"
         )
     waiting = needs_work(state, config, tip, datetime.now(UTC))
-    reason = (
-        "new commit"
-        if tip != state.processed_commit
-        else ("previous sync unfinished" if waiting else "up to date")
-    )
+    if tip != state.processed_commit:
+        reason = "new commit"
+    elif waiting:
+        reason = "a full sync is due (unfinished sync, new configuration or expiry)"
+    else:
+        reason = "up to date"
     return CheckResult(waiting, tip, state.processed_commit, reason)

@@ -152,3 +152,13 @@ def test_help_lists_exit_codes_and_version() -> None:
     result = runner.invoke(app, ["--help"])
     assert "Exit codes" in result.output
     assert runner.invoke(app, ["--version"]).output.startswith("centops-agent ")
+
+
+def test_the_lean_poll_path_shares_the_full_paths_rules() -> None:
+    """fastpath repeats a few constants to stay free of heavy imports."""
+    from centops.agent import config, fastpath, state
+
+    assert set(fastpath.SETTLED) == set(state.SETTLED_OUTCOMES)
+    assert fastpath.MAX_TOKEN_BYTES == config.MAX_TOKEN_BYTES
+    assert fastpath.CONFIG_ENV == config.CONFIG_ENV
+    assert fastpath.DEFAULT_CONFIG == str(config.DEFAULT_CONFIG)
