@@ -161,4 +161,4 @@ def test_the_lean_poll_path_shares_the_full_paths_rules() -> None:
     assert set(fastpath.SETTLED) == set(state.SETTLED_OUTCOMES)
     assert fastpath.MAX_TOKEN_BYTES == config.MAX_TOKEN_BYTES
     assert fastpath.CONFIG_ENV == config.CONFIG_ENV
-    assert fastpath.DEFAULT_CONFIG == str(config.DEFAULT_CONFIG)
+    assert str(config.DEFAULT_CONFIG) == fastpath.DEFAULT_CONFIG
