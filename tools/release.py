@@ -74,7 +74,7 @@ from centops.agent.yamlstrict import MAX_DOCUMENT_BYTES
 
 # CI's own ordering of versions, so that what `release` calls a downgrade is
 # exactly what `centops validate --base` calls one.
-from centops.tools.validate import version_key
+from centops.tools.validate import change_problems, version_key
 
 log = logging.getLogger(__name__)
 
@@ -696,27 +696,9 @@ def check_release(
     if manifest.channel != channel:
         problems.append(f"{source}: channel is {manifest.channel!r}, not {channel!r}")
     if old is not None:
-        if manifest.serial <= old.serial:
-            problems.append(
-                f"{source}: serial {manifest.serial} is not above {old.serial}"
-            )
-        for component in manifest.components:
-            before = old.component(component.name)
-            if before is None:
-                continue
-            older = version_key(component.version) < version_key(before.version)
-            if older and not component.downgrade:
-                problems.append(
-                    f"{source}: {component.name} moves to the older "
-                    f"{component.version} without `downgrade: true`"
-                )
-            if (
-                component.version == before.version
-                and component.digest != before.digest
-            ):
-                problems.append(
-                    f"{source}: {component.name} {component.version} changes its digest"
-                )
+        problems += [
+            f"{source}: {message}" for _, _, message in change_problems(old, manifest)
+        ]
     for name, digest in expected.items():
         written = manifest.component(name)
         if written is None or written.digest != digest:

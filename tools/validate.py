@@ -226,40 +226,52 @@ def _against_base(
                 "base-unusable",
             )
         ]
-    found: list[Problem] = []
-    if manifest.channel != old.channel:
+    return [
+        at.problem(path, message, code)
+        for path, code, message in change_problems(old, manifest)
+    ]
+
+
+def change_problems(
+    old: Manifest, new: Manifest
+) -> list[tuple[yamlstrict.Path, str, str]]:
+    """What a reviewed change may not do to a released manifest, as
+    (field path, code, message): move channel, keep or lower the serial,
+    move a component to an older version silently, or give a released
+    version new content. Pure; ``validate --base`` and ``release`` share it.
+    """
+    found: list[tuple[yamlstrict.Path, str, str]] = []
+    if new.channel != old.channel:
         found.append(
-            at.problem(
+            (
                 ("channel",),
-                f"channel changed from {old.channel!r} to {manifest.channel!r}; "
-                "create a new channel folder instead",
                 "channel-changed",
+                f"channel changed from {old.channel!r} to {new.channel!r}; "
+                "create a new channel folder instead",
             )
         )
-    if manifest.serial <= old.serial:
+    if new.serial <= old.serial:
         found.append(
-            at.problem(
+            (
                 ("serial",),
-                f"the content changed but serial {manifest.serial} is not above the "
-                f"base serial {old.serial}; raise it to {old.serial + 1}",
                 "serial-not-raised",
+                f"the content changed but serial {new.serial} is not above the "
+                f"base serial {old.serial}; raise it to {old.serial + 1}",
             )
         )
-    for index, component in enumerate(manifest.components):
+    for index, component in enumerate(new.components):
         previous = old.component(component.name)
         if previous is None:
             continue
         where = ("components", index, "version")
-        if (
-            version_key(component.version) < version_key(previous.version)
-            and not component.downgrade
-        ):
+        older = version_key(component.version) < version_key(previous.version)
+        if older and not component.downgrade:
             found.append(
-                at.problem(
+                (
                     where,
+                    "silent-downgrade",
                     f"{component.name} moves from {previous.version} to the older "
                     f"{component.version}; set `downgrade: true` if that is intended",
-                    "silent-downgrade",
                 )
             )
         if (
@@ -267,11 +279,11 @@ def _against_base(
             and component.digest != previous.digest
         ):
             found.append(
-                at.problem(
+                (
                     where,
+                    "version-content-changed",
                     f"{component.name} {component.version} now has another digest; "
                     "a released version is immutable, raise the version",
-                    "version-content-changed",
                 )
             )
     return found
