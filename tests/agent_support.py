@@ -11,8 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import pytest
 import yaml
 
 from centops.tools.localsigstore import LocalSigstore
@@ -20,6 +21,7 @@ from centops.tools.stack.clients import ISSUER, SIGNER, loopback_agent_config
 from centops.tools.stack.gitserver import WorkRepo, init_bare
 
 TOKEN = "s3cret-token-for-tests-7f1d"
+T = TypeVar("T")
 
 
 class FileServer:
@@ -187,6 +189,17 @@ def agent_config(
     path = root / "agent.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def must_start(what: str, start: Callable[[], T]) -> T:
+    """Start a real part the tests need. One that cannot start fails the test:
+    a real-server test is never skipped, on CI or anywhere else."""
+    try:
+        return start()
+    except Exception as exc:  # any reason it did not start is the failure
+        describe = getattr(exc, "describe", None)
+        detail = describe() if callable(describe) else str(exc)
+        pytest.fail(f"{what} did not start: {detail}")
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:

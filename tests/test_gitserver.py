@@ -14,11 +14,12 @@ import os
 import secrets
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from agent_support import must_start
 
 from centops.tools.stack.gitserver import (
     GitDaemon,
@@ -36,16 +37,6 @@ REPO = "fleet.git"
 GIT_TIMEOUT_S = 60.0
 
 T = TypeVar("T")
-
-
-def _start_or_skip(what: str, start: Callable[[], T]) -> T:
-    """Start a server; skip when it cannot run here, but fail under CI."""
-    try:
-        return start()
-    except (GitServerError, OSError) as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"{what} failed to start under CI: {e}")
-        pytest.skip(f"{what} cannot run on this machine: {e}")
 
 
 def _git(
@@ -95,7 +86,7 @@ def http_server(
     git_root: Path, work: WorkRepo, token: str
 ) -> Iterator[SmartHttpGitServer]:
     server = SmartHttpGitServer(git_root, token=token)
-    _start_or_skip("git http-backend server", server.start)
+    must_start("git http-backend server", server.start)
     yield server
     server.stop()
 
@@ -103,7 +94,7 @@ def http_server(
 @pytest.fixture
 def git_daemon(git_root: Path, work: WorkRepo) -> Iterator[GitDaemon]:
     daemon = GitDaemon(git_root)
-    _start_or_skip("git daemon", daemon.start)
+    must_start("git daemon", daemon.start)
     yield daemon
     daemon.stop()
 
@@ -437,7 +428,7 @@ def test_git_daemon_serves_fetch(
 
 
 def test_git_daemon_stops_by_pid(git_root: Path, work: WorkRepo) -> None:
-    daemon = _start_or_skip("git daemon", GitDaemon(git_root).start)
+    daemon = must_start("git daemon", GitDaemon(git_root).start)
     pid = daemon.pid
     daemon.stop()
     with pytest.raises(ProcessLookupError):
@@ -456,7 +447,7 @@ def server_process(
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)
-    proc = _start_or_skip(
+    proc = must_start(
         "git HTTP server process",
         lambda: spawn_http_server(
             git_root,
@@ -520,17 +511,6 @@ def _broken_start() -> None:
     raise GitServerError("port already taken")
 
 
-def test_server_that_fails_to_start_fails_the_run_under_ci(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("CI", "true")
+def test_server_that_fails_to_start_fails_the_test() -> None:
     with pytest.raises(pytest.fail.Exception):
-        _start_or_skip("broken server", _broken_start)
-
-
-def test_server_that_fails_to_start_is_skipped_outside_ci(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.delenv("CI", raising=False)
-    with pytest.raises(pytest.skip.Exception):
-        _start_or_skip("broken server", _broken_start)
+        must_start("broken server", _broken_start)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import subprocess
 import sys
 import uuid
@@ -51,7 +50,6 @@ from centops.tools.stack import (
     ImageConfig,
     LayerFile,
     Stack,
-    StackError,
     TamperProxy,
     Target,
     push_app,
@@ -65,14 +63,6 @@ from centops.tools.stack.images import APP_PATH, app_config, app_layers
 VERIFICATION_FAILED = "verification failed for digest"
 ABSENT_DIGEST = "sha256:" + "0" * 64
 SECRET = "s3cret-password-never-logged"
-
-
-def _unavailable(what: str, error: StackError) -> None:
-    """Skip locally, fail under CI: CI must run against the real stack."""
-    message = f"{what}: {error.describe()}"
-    if os.environ.get("CI"):
-        pytest.fail(f"CI needs the container stack; {message}")
-    pytest.skip(message)
 
 
 # --- fixtures ---------------------------------------------------------------

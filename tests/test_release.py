@@ -13,7 +13,6 @@ import hashlib
 import http.server
 import json
 import logging
-import os
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_support import FileServer
+from agent_support import FileServer, must_start
 from typer.testing import CliRunner
 
 from centops.agent.manifest import parse_manifest
@@ -34,7 +33,6 @@ from centops.tools.stack import (
     LayerFile,
     Platform,
     RegistryServer,
-    StackError,
     push_image,
     push_index,
     start_registry,
@@ -100,12 +98,9 @@ components:
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
     """A real registry on loopback for this module; under CI it must start."""
-    try:
-        server = start_registry(tmp_path_factory.mktemp("registry"))
-    except StackError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI needs the registry: {e.describe()}")
-        pytest.skip(f"registry: {e.describe()}")
+    server = must_start(
+        "registry", lambda: start_registry(tmp_path_factory.mktemp("registry"))
+    )
     yield server
     stop_registry(server)
 

@@ -19,13 +19,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from agent_support import must_start
 
 from centops.agent.config import (
     AgentConfig,
@@ -49,7 +50,6 @@ from centops.agent.telemetry.gitsink import events_path, merge_lines
 from centops.agent.telemetry.httpsink import check_url
 from centops.agent.telemetry.outbox import Outbox
 from centops.tools.stack.gitserver import (
-    GitServerError,
     SmartHttpGitServer,
     WorkRepo,
     init_bare,
@@ -67,16 +67,6 @@ CONCURRENT_MAX_ATTEMPTS = 12
 PROCESS_TIMEOUT_S = 240.0
 
 T = TypeVar("T")
-
-
-def _start_or_skip(what: str, start: Callable[[], T]) -> T:
-    """Start a server; skip when it cannot run here, but fail under CI."""
-    try:
-        return start()
-    except (GitServerError, OSError) as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"{what} failed to start under CI: {e}")
-        pytest.skip(f"{what} cannot run on this machine: {e}")
 
 
 # --------------------------------------------------------------------------- #
@@ -260,7 +250,7 @@ def bare(tmp_path: Path) -> Path:
 @pytest.fixture
 def git_server(bare: Path, token: str) -> Iterator[SmartHttpGitServer]:
     server = SmartHttpGitServer(bare.parent, token=token)
-    _start_or_skip("smart HTTP git server", server.start)
+    must_start("smart HTTP git server", server.start)
     yield server
     server.stop()
 
@@ -595,7 +585,7 @@ def receiver(token: str) -> Iterator[tuple[Receiver, str]]:
     def start() -> ThreadingHTTPServer:
         return ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
 
-    server = _start_or_skip("CloudEvents receiver", start)
+    server = must_start("CloudEvents receiver", start)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
