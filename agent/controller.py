@@ -253,7 +253,6 @@ class Controller:
             self.dirs.store_manifest(
                 manifest.serial, manifest_bytes, bundle_bytes or b""
             )
-            state.highest_serial = manifest.serial
             state.channels[manifest.channel] = ChannelMark(
                 manifest.serial, manifest.sha256
             )

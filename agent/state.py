@@ -72,7 +72,6 @@ class LastResult:
 @dataclass
 class AgentState:
     channel: str | None = None
-    highest_serial: int = 0
     applied: Applied | None = None
     seen_commit: str | None = None  # the last tip fetched
     processed_commit: str | None = None  # fetched tip that needs no more work
@@ -86,6 +85,12 @@ class AgentState:
 
     def mark(self, channel: str) -> ChannelMark | None:
         return self.channels.get(channel)
+
+    @property
+    def highest_serial(self) -> int:
+        """The highest serial accepted on the channel this client follows."""
+        mark = self.channels.get(self.channel) if self.channel else None
+        return mark.serial if mark else 0
 
     def to_json(self) -> bytes:
         body = asdict(self)
